@@ -1,0 +1,433 @@
+//! The ABI between the pgsvc XDP program and its agent: map names, keys, values and limits.
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding (each layout is asserted at compile time)
+//! and is shared byte for byte with the kernel. Pinned maps outlive the agent, so a layout change must
+//! bump [`ABI_VERSION`] and rename the affected map (`FLOWS` → `FLOWS_V2`); the agent refuses to adopt
+//! pins written by another ABI version.
+//!
+//! Byte order: addresses and ports are stored in **network byte order** exactly as they appear in the
+//! packet (the datapath never swaps), everything else in host order.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Bumped on any change of a pinned map's key or value layout.
+pub const ABI_VERSION: u32 = 1;
+
+/// Number of service ids (`SVC_STATE`, per-service stats).
+pub const MAX_SERVICES: u32 = 256;
+/// Number of backend slots (`BACKENDS`, per-backend counters). A backend is one server of one service.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Backend set generations per service: the agent writes the inactive one, then flips.
+pub const GENERATIONS: u32 = 2;
+/// Length of a service's backend ring: the weighted round-robin sequence or the Maglev lookup table.
+/// Prime, as Maglev requires.
+pub const RING_SIZE: usize = 1021;
+/// Servers considered by `leastconn` (the active set of one service).
+pub const MAX_ACTIVE: usize = 32;
+/// Default size of `FLOWS` and `NAT_REV` (the agent can size them at load time).
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// SNAT port candidates tried before a new flow is dropped as `SnatExhausted`.
+pub const SNAT_TRIES: u32 = 8;
+
+/// Map names, as the agent looks them up and pins them.
+pub mod maps {
+    pub const CONFIG: &str = "CONFIG";
+    pub const SERVICES: &str = "SERVICES";
+    pub const SVC_STATE: &str = "SVC_STATE";
+    pub const SVC_RUNTIME: &str = "SVC_RUNTIME";
+    pub const SVC_TABLE: &str = "SVC_TABLE";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
+    pub const BACKEND_RELEASED: &str = "BACKEND_RELEASED";
+    pub const FLOWS: &str = "FLOWS";
+    pub const NAT_REV: &str = "NAT_REV";
+    pub const SVC_STATS: &str = "SVC_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const REASONS: &str = "REASONS";
+    /// Every map the program declares (all pinned by name).
+    pub const ALL: [&str; 13] = [
+        CONFIG,
+        SERVICES,
+        SVC_STATE,
+        SVC_RUNTIME,
+        SVC_TABLE,
+        BACKENDS,
+        BACKEND_CONNS,
+        BACKEND_RELEASED,
+        FLOWS,
+        NAT_REV,
+        SVC_STATS,
+        BACKEND_STATS,
+        REASONS,
+    ];
+}
+
+/// Program names in the object file.
+pub mod programs {
+    /// The load balancer.
+    pub const LB: &str = "pgsvc_xdp";
+    /// A program that passes everything: attached to the peer of a veth so that native-mode `XDP_TX`
+    /// frames are delivered (veth drops them when the peer has no XDP program).
+    pub const PASS: &str = "pgsvc_pass";
+}
+
+/// `CONFIG[0]`: global settings written by the agent before traffic is steered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Must equal [`ABI_VERSION`]; the program passes every packet untouched while it does not.
+    pub abi_version: u32,
+    /// Source address of translated flows (network order): the LB's own address toward the backends.
+    pub snat_addr: u32,
+    /// SNAT port range, inclusive, host order. Reserved from the kernel by the agent.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// `CFG_F_*` flags.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Config>() == 16);
+
+/// Use `bpf_fib_lookup` when a backend's next-hop MAC is not known.
+pub const CFG_F_FIB_FALLBACK: u32 = 1 << 0;
+
+/// `SERVICES` key: where clients connect. `addr == 0` is the wildcard (`ip: "*"`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: u32,
+    pub port: u16,
+    /// IP protocol number (6 = TCP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+
+pub const IPPROTO_TCP: u8 = 6;
+
+/// `SVC_STATE[svc_id]`: a service's configuration; written whole by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// `SVC_F_*` flags; a service without `SVC_F_ACTIVE` steers nothing (its packets pass).
+    pub flags: u32,
+    /// Which `SVC_TABLE` generation is live (0 or 1).
+    pub generation: u32,
+    /// An [`Algorithm`] discriminant.
+    pub algorithm: u32,
+    /// Frontend connection limit (HAProxy `maxconn` of the listen section); 0 = unlimited.
+    pub maxconn: u32,
+}
+const _: () = assert!(size_of::<ServiceState>() == 16);
+
+pub const SVC_F_ACTIVE: u32 = 1 << 0;
+/// `on-marked-down shutdown-sessions`: flows of a DOWN backend are reset.
+pub const SVC_F_SHUTDOWN_SESSIONS: u32 = 1 << 1;
+
+/// How a service picks the backend of a new flow.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Weighted round robin over the ring sequence, one global counter per service.
+    RoundRobin = 0,
+    /// Fewest active connections relative to weight among the active set.
+    LeastConn = 1,
+    /// Consistent hash of the 5-tuple into the Maglev lookup table in the ring.
+    Maglev = 2,
+}
+
+impl Algorithm {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::RoundRobin),
+            1 => Some(Self::LeastConn),
+            2 => Some(Self::Maglev),
+            _ => None,
+        }
+    }
+}
+
+/// `SVC_RUNTIME[svc_id]`: counters owned by the datapath (atomics); the agent only zeroes them when it
+/// assigns the service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceRuntime {
+    /// Round-robin position.
+    pub rr_counter: u64,
+    /// Flows opened minus flows closed (frontend sessions).
+    pub conns: i64,
+}
+const _: () = assert!(size_of::<ServiceRuntime>() == 16);
+
+/// `SVC_TABLE[svc_id * GENERATIONS + generation]`: one generation of a service's active set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSet {
+    /// Entries of `ring` in use (0 = no usable backend: new flows are refused).
+    pub ring_len: u32,
+    /// Entries of `active` in use.
+    pub n_active: u32,
+    /// Backend ids of the active set (leastconn candidates), with their effective weights.
+    pub active: [u32; MAX_ACTIVE],
+    pub weights: [u32; MAX_ACTIVE],
+    /// Backend ids: the weighted round-robin sequence or the Maglev table.
+    pub ring: [u16; RING_SIZE],
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<BackendSet>() == 8 + 4 * MAX_ACTIVE * 2 + 2 * RING_SIZE + 2);
+
+impl Default for BackendSet {
+    fn default() -> Self {
+        Self {
+            ring_len: 0,
+            n_active: 0,
+            active: [0; MAX_ACTIVE],
+            weights: [0; MAX_ACTIVE],
+            ring: [0; RING_SIZE],
+            _pad: 0,
+        }
+    }
+}
+
+/// `BACKENDS[backend_id]`: one server of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Server address and port (network order).
+    pub addr: u32,
+    pub port: u16,
+    /// `BE_F_*` flags.
+    pub flags: u16,
+    /// Incremented whenever the slot is (re)assigned or its flows are flushed; a flow remembers the
+    /// epoch it was created under and is reset when the two differ.
+    pub epoch: u32,
+    /// Connection limit (HAProxy `maxconn`, ramped by slowstart); 0 = unlimited.
+    pub maxconn: u32,
+    /// Egress interface toward the server, and the next hop's MAC (all zero = unknown).
+    pub ifindex: u32,
+    pub next_hop_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Backend>() == 28);
+
+/// The server is UP; a flow whose backend lacks it (with `SVC_F_SHUTDOWN_SESSIONS`) is reset.
+pub const BE_F_UP: u16 = 1 << 0;
+
+/// `FLOWS` key: a client connection as it arrives (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client_addr: u32,
+    pub vip: u32,
+    pub client_port: u16,
+    pub vport: u16,
+}
+const _: () = assert!(size_of::<FlowKey>() == 12);
+
+/// `FLOWS` value: the forward half of a translated connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend_id: u32,
+    pub backend_epoch: u32,
+    pub svc_id: u32,
+    /// SNAT port (network order).
+    pub snat_port: u16,
+    /// `TCP_F_*` seen from the client.
+    pub client_flags: u8,
+    pub _pad0: u8,
+    /// 1 once the flow stopped counting as a connection (first FIN or RST either way); set with an
+    /// atomic exchange so the counters drop exactly once.
+    pub closing: u32,
+    pub _pad1: u32,
+    /// Last packet either way, `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, coarse).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<Flow>() == 32);
+
+/// `NAT_REV` key: a translated connection as the backend answers it (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub backend_addr: u32,
+    pub snat_addr: u32,
+    pub backend_port: u16,
+    pub snat_port: u16,
+}
+const _: () = assert!(size_of::<NatKey>() == 12);
+
+/// `NAT_REV` value: everything the reverse path needs to restore the client's view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatRev {
+    pub client_addr: u32,
+    pub vip: u32,
+    pub client_port: u16,
+    pub vport: u16,
+    /// Interface the client side lives behind; MACs to use toward it.
+    pub client_ifindex: u32,
+    pub client_mac: [u8; 6],
+    pub lb_mac: [u8; 6],
+    pub backend_id: u32,
+    /// `TCP_F_*` seen from the backend.
+    pub backend_flags: u8,
+    pub _pad: [u8; 7],
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<NatRev>() == 48);
+
+pub const TCP_F_SYN: u8 = 1 << 0;
+pub const TCP_F_ACK: u8 = 1 << 1;
+pub const TCP_F_FIN: u8 = 1 << 2;
+pub const TCP_F_RST: u8 = 1 << 3;
+
+/// Per-service and per-backend traffic counters (`SVC_STATS`, `BACKEND_STATS`, per CPU).
+/// "in" is client → server, "out" is server → client, as HAProxy counts bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Flows created (sessions).
+    pub new_flows: u64,
+    /// Resets sent to clients (no flow, backend down).
+    pub rst_sent: u64,
+    /// SYNs dropped (maxconn, no backend, no SNAT port).
+    pub syn_dropped: u64,
+    /// Flows that ended (first FIN/RST either way, or reset by the datapath).
+    pub closed_flows: u64,
+}
+const _: () = assert!(size_of::<TrafficStats>() == 64);
+
+impl TrafficStats {
+    /// Sums per-CPU values.
+    pub fn add(&mut self, o: &Self) {
+        self.packets_in += o.packets_in;
+        self.bytes_in += o.bytes_in;
+        self.packets_out += o.packets_out;
+        self.bytes_out += o.bytes_out;
+        self.new_flows += o.new_flows;
+        self.rst_sent += o.rst_sent;
+        self.syn_dropped += o.syn_dropped;
+        self.closed_flows += o.closed_flows;
+    }
+}
+
+/// Why the program did what it did with a packet; indexes `REASONS` (per-CPU u64 counters) and is the
+/// `reason` label of `pgsvc_packets_total`. Append only: never renumber, retire variants instead.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 (ARP, IPv6, ...): passed.
+    PassNotIpv4 = 0,
+    /// IPv4 but not TCP: passed.
+    PassNotTcp = 1,
+    /// TCP not addressed to a service nor to an SNAT port: passed.
+    PassNotService = 2,
+    /// IPv4 fragment: passed to the kernel (services never see fragments from PostgreSQL clients).
+    PassFragment = 3,
+    /// Headers shorter than they claim: passed for the kernel to drop.
+    PassTruncated = 4,
+    /// Reverse-looking packet with no `NAT_REV` entry: the LB host's own traffic, passed.
+    PassNoNat = 5,
+    /// No next-hop MAC known and no FIB answer: passed untouched.
+    PassNoNextHop = 6,
+    /// The maps are not configured (ABI mismatch or agent not ready): passed.
+    PassNotReady = 7,
+    /// Forward packet of a new flow translated.
+    FwdNew = 8,
+    /// Forward packet of an established flow translated.
+    FwdEstablished = 9,
+    /// Reverse packet translated.
+    Reverse = 10,
+    /// Non-SYN packet with no flow: RST to the client.
+    RstNoFlow = 11,
+    /// Flow whose backend is DOWN or gone: RST to the client.
+    RstBackendDown = 12,
+    /// SYN over the service's maxconn: dropped.
+    DropServiceMaxconn = 13,
+    /// SYN with every active backend at its maxconn: dropped.
+    DropBackendMaxconn = 14,
+    /// SYN while the service has no usable backend: dropped.
+    DropNoBackend = 15,
+    /// SYN with no free SNAT port: dropped.
+    DropSnatExhausted = 16,
+    /// Flow table insert failed: dropped.
+    DropFlowInsert = 17,
+    /// A packet that would need a RST but carries IP options: dropped.
+    DropIpOptions = 18,
+    /// `bpf_redirect` or `bpf_xdp_adjust_tail` failed: dropped.
+    DropXmit = 19,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 20;
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Self::PassNotIpv4,
+        Self::PassNotTcp,
+        Self::PassNotService,
+        Self::PassFragment,
+        Self::PassTruncated,
+        Self::PassNoNat,
+        Self::PassNoNextHop,
+        Self::PassNotReady,
+        Self::FwdNew,
+        Self::FwdEstablished,
+        Self::Reverse,
+        Self::RstNoFlow,
+        Self::RstBackendDown,
+        Self::DropServiceMaxconn,
+        Self::DropBackendMaxconn,
+        Self::DropNoBackend,
+        Self::DropSnatExhausted,
+        Self::DropFlowInsert,
+        Self::DropIpOptions,
+        Self::DropXmit,
+    ];
+
+    /// The metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PassNotIpv4 => "pass_not_ipv4",
+            Self::PassNotTcp => "pass_not_tcp",
+            Self::PassNotService => "pass_not_service",
+            Self::PassFragment => "pass_fragment",
+            Self::PassTruncated => "pass_truncated",
+            Self::PassNoNat => "pass_no_nat",
+            Self::PassNoNextHop => "pass_no_next_hop",
+            Self::PassNotReady => "pass_not_ready",
+            Self::FwdNew => "fwd_new",
+            Self::FwdEstablished => "fwd_established",
+            Self::Reverse => "reverse",
+            Self::RstNoFlow => "rst_no_flow",
+            Self::RstBackendDown => "rst_backend_down",
+            Self::DropServiceMaxconn => "drop_service_maxconn",
+            Self::DropBackendMaxconn => "drop_backend_maxconn",
+            Self::DropNoBackend => "drop_no_backend",
+            Self::DropSnatExhausted => "drop_snat_exhausted",
+            Self::DropFlowInsert => "drop_flow_insert",
+            Self::DropIpOptions => "drop_ip_options",
+            Self::DropXmit => "drop_xmit",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is repr(C), Copy, has no padding bytes (sizes asserted above) and is valid for
+    // any bit pattern.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceState {}
+    unsafe impl aya::Pod for ServiceRuntime {}
+    unsafe impl aya::Pod for BackendSet {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatRev {}
+    unsafe impl aya::Pod for TrafficStats {}
+}

@@ -1,0 +1,70 @@
+//! The `pgsvc` command line: `run`, `check`, `render`, `status`, `reload`.
+//!
+//! Each subcommand lives in its own file and returns an exit code; errors are printed here with their
+//! causes and turned into a non-zero exit, never a panic.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod check;
+pub mod render_cmd;
+pub mod run;
+pub mod status;
+
+#[derive(Debug, Parser)]
+#[command(name = "pgsvc", version, about = "Patroni-aware XDP load balancer for PostgreSQL services")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: attach the XDP program and keep every service true to Patroni's roles.
+    Run(run::RunArgs),
+    /// Validate an inventory and print the resolved services.
+    Check(check::CheckArgs),
+    /// Render the configuration another load balancer would need for the same services.
+    Render {
+        #[command(subcommand)]
+        target: render_cmd::RenderTarget,
+    },
+    /// Show live services, servers, health and connections of a running agent.
+    Status(status::StatusArgs),
+    /// Ask a running agent to re-read its inventory (same as SIGHUP).
+    Reload(status::ReloadArgs),
+}
+
+/// `--config` and `--cluster`, shared by the commands that read an inventory.
+#[derive(Debug, Args, Clone)]
+pub struct InventoryArgs {
+    /// Pigsty inventory (YAML).
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// Only this cluster (`pg_cluster`); all clusters when absent.
+    #[arg(long)]
+    pub cluster: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Render { target } => render_cmd::run(target),
+        Command::Status(args) => status::run(args),
+        Command::Reload(args) => status::reload(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("pgsvc: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

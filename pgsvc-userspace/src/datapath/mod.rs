@@ -1,0 +1,6 @@
+//! Loading, attaching and pinning the XDP program, and writing its maps. The only module that touches
+//! the kernel. The control plane drives it through [`Datapath`] (desired state per service); a fake
+//! implementation backs the unit tests of the modules above.
+
+pub mod api;
+pub use api::*;

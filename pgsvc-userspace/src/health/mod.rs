@@ -1,0 +1,1 @@
+//! HAProxy-compatible health checking of Patroni's REST API.
