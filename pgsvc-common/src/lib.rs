@@ -40,13 +40,14 @@ pub mod maps {
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
     pub const BACKEND_RELEASED: &str = "BACKEND_RELEASED";
+    pub const SVC_RELEASED: &str = "SVC_RELEASED";
     pub const FLOWS: &str = "FLOWS";
     pub const NAT_REV: &str = "NAT_REV";
     pub const SVC_STATS: &str = "SVC_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const REASONS: &str = "REASONS";
     /// Every map the program declares (all pinned by name).
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         SERVICES,
         SVC_STATE,
@@ -55,6 +56,7 @@ pub mod maps {
         BACKENDS,
         BACKEND_CONNS,
         BACKEND_RELEASED,
+        SVC_RELEASED,
         FLOWS,
         NAT_REV,
         SVC_STATS,
@@ -203,15 +205,21 @@ pub struct Backend {
     pub epoch: u32,
     /// Connection limit (HAProxy `maxconn`, ramped by slowstart); 0 = unlimited.
     pub maxconn: u32,
-    /// Egress interface toward the server, and the next hop's MAC (all zero = unknown).
+    /// Egress interface toward the server (0 = the interface the client's packet came in on).
     pub ifindex: u32,
+    /// The service this slot belongs to (lets a restarted agent rebuild its id tables from the maps).
+    pub svc_id: u32,
+    /// The next hop's MAC (all zero = unknown: `bpf_fib_lookup`, else the packet passes).
     pub next_hop_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Source MAC on the egress interface (all zero = the MAC the client's packet was sent to).
+    pub src_mac: [u8; 6],
 }
-const _: () = assert!(size_of::<Backend>() == 28);
+const _: () = assert!(size_of::<Backend>() == 36);
 
 /// The server is UP; a flow whose backend lacks it (with `SVC_F_SHUTDOWN_SESSIONS`) is reset.
 pub const BE_F_UP: u16 = 1 << 0;
+/// The slot is in use by a server of `svc_id`.
+pub const BE_F_ALLOCATED: u16 = 1 << 1;
 
 /// `FLOWS` key: a client connection as it arrives (network order).
 #[repr(C)]
@@ -231,19 +239,24 @@ pub struct Flow {
     pub backend_id: u32,
     pub backend_epoch: u32,
     pub svc_id: u32,
+    /// The server this flow was sent to (network order): kept here so that a flow whose backend slot
+    /// was reassigned can still find and remove its `NAT_REV` entry.
+    pub backend_addr: u32,
+    pub backend_port: u16,
     /// SNAT port (network order).
     pub snat_port: u16,
     /// `TCP_F_*` seen from the client.
     pub client_flags: u8,
-    pub _pad0: u8,
-    /// 1 once the flow stopped counting as a connection (first FIN or RST either way); set with an
-    /// atomic exchange so the counters drop exactly once.
-    pub closing: u32,
-    pub _pad1: u32,
-    /// Last packet either way, `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, coarse).
+    pub _pad0: [u8; 3],
+    /// 1 once the flow stopped counting as a connection (first FIN or RST either way, or reset by the
+    /// datapath); set with an atomic exchange so the counters drop exactly once.
+    /// (u64: the BPF target without alu32 has 64-bit atomics only.)
+    pub closing: u64,
+    /// Last packet from the client, `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, coarse), refreshed
+    /// at most once a second.
     pub last_seen_ns: u64,
 }
-const _: () = assert!(size_of::<Flow>() == 32);
+const _: () = assert!(size_of::<Flow>() == 40);
 
 /// `NAT_REV` key: a translated connection as the backend answers it (network order).
 #[repr(C)]
@@ -269,9 +282,11 @@ pub struct NatRev {
     pub client_mac: [u8; 6],
     pub lb_mac: [u8; 6],
     pub backend_id: u32,
+    pub svc_id: u32,
     /// `TCP_F_*` seen from the backend.
     pub backend_flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Last packet from the backend (as `Flow::last_seen_ns`).
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<NatRev>() == 48);
@@ -332,8 +347,9 @@ pub enum Reason {
     PassTruncated = 4,
     /// Reverse-looking packet with no `NAT_REV` entry: the LB host's own traffic, passed.
     PassNoNat = 5,
-    /// No next-hop MAC known and no FIB answer: passed untouched.
-    PassNoNextHop = 6,
+    /// No next-hop MAC known and no FIB answer: dropped (the kernel would answer a VIP packet with a
+    /// RST; TCP retransmits while the agent resolves the neighbour).
+    DropNoNextHop = 6,
     /// The maps are not configured (ABI mismatch or agent not ready): passed.
     PassNotReady = 7,
     /// Forward packet of a new flow translated.
@@ -371,7 +387,7 @@ impl Reason {
         Self::PassFragment,
         Self::PassTruncated,
         Self::PassNoNat,
-        Self::PassNoNextHop,
+        Self::DropNoNextHop,
         Self::PassNotReady,
         Self::FwdNew,
         Self::FwdEstablished,
@@ -396,7 +412,7 @@ impl Reason {
             Self::PassFragment => "pass_fragment",
             Self::PassTruncated => "pass_truncated",
             Self::PassNoNat => "pass_no_nat",
-            Self::PassNoNextHop => "pass_no_next_hop",
+            Self::DropNoNextHop => "drop_no_next_hop",
             Self::PassNotReady => "pass_not_ready",
             Self::FwdNew => "fwd_new",
             Self::FwdEstablished => "fwd_established",

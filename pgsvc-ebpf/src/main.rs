@@ -1,2 +1,104 @@
+//! The pgsvc XDP program: full-NAT (one-arm) layer-4 load balancing of TCP services.
+//!
+//! The entry reads as a list of steps — parse → lookup service → conntrack → select backend → NAT →
+//! transmit — each a short `#[inline(always)]` function returning `Result<_, Reason>`. The `#[xdp]`
+//! function only turns the outcome into an action and counts its [`Reason`].
 #![no_std]
 #![no_main]
+// Atomic read-modify-write on map values (see atomic.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod atomic;
+mod conntrack;
+mod maps;
+mod nat;
+mod parse;
+mod rst;
+mod select;
+mod stats;
+mod xmit;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use pgsvc_common::{ABI_VERSION, Config, Reason};
+
+use crate::parse::Pkt;
+
+/// What to do with the packet, and why.
+pub struct Verdict {
+    pub action: u32,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn pass(reason: Reason) -> Self {
+        Self {
+            action: xdp_action::XDP_PASS,
+            reason,
+        }
+    }
+    #[inline(always)]
+    pub const fn drop(reason: Reason) -> Self {
+        Self {
+            action: xdp_action::XDP_DROP,
+            reason,
+        }
+    }
+}
+
+#[xdp]
+pub fn pgsvc_xdp(ctx: XdpContext) -> u32 {
+    let verdict = match process(&ctx) {
+        Ok(v) => v,
+        // Anything we could not classify goes to the kernel untouched.
+        Err(reason) => Verdict::pass(reason),
+    };
+    stats::count_reason(verdict.reason);
+    verdict.action
+}
+
+/// Passes every packet: attached to the peer of a veth so that native-mode `XDP_TX` frames are
+/// delivered (veth drops frames redirected to a peer that runs no XDP program).
+#[xdp]
+pub fn pgsvc_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
+    let pkt = parse::parse_ipv4_tcp(ctx)?;
+    let cfg = config()?;
+    if let Some(svc_id) = maps::lookup_service(pkt.daddr, pkt.dport) {
+        return conntrack::forward(ctx, &pkt, cfg, svc_id);
+    }
+    if svc_is_snat_target(&pkt, cfg) {
+        return conntrack::reverse(ctx, &pkt);
+    }
+    Err(Reason::PassNotService)
+}
+
+#[inline(always)]
+fn config() -> Result<&'static Config, Reason> {
+    match maps::CONFIG.get(0) {
+        Some(cfg) if cfg.abi_version == ABI_VERSION => Ok(cfg),
+        _ => Err(Reason::PassNotReady),
+    }
+}
+
+/// A packet addressed to our SNAT address and port range is (maybe) a backend's answer.
+#[inline(always)]
+fn svc_is_snat_target(pkt: &Pkt, cfg: &Config) -> bool {
+    let port = u16::from_be(pkt.dport);
+    pkt.daddr == cfg.snat_addr && port >= cfg.snat_port_min && port <= cfg.snat_port_max
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -14,7 +14,11 @@ pub mod run;
 pub mod status;
 
 #[derive(Debug, Parser)]
-#[command(name = "pgsvc", version, about = "Patroni-aware XDP load balancer for PostgreSQL services")]
+#[command(
+    name = "pgsvc",
+    version,
+    about = "Patroni-aware XDP load balancer for PostgreSQL services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -3,4 +3,12 @@
 //! implementation backs the unit tests of the modules above.
 
 pub mod api;
+pub mod neigh;
+pub mod ring;
+pub mod xdp;
+
 pub use api::*;
+pub use neigh::NextHop;
+pub use xdp::{
+    AttachMode, DatapathError, GcReport, LoadOptions, ProgramRun, Timeouts, XdpDatapath,
+};

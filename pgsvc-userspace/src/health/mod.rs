@@ -1,1 +1,578 @@
-//! HAProxy-compatible health checking of Patroni's REST API.
+//! HAProxy-compatible health checking of Patroni's REST API: the only agent module that touches the
+//! network.
+//!
+//! - [`counter`]: the pure rise/fall state machine (what HAProxy's `check.c` does), driven by results
+//!   and `Instant`s handed in.
+//! - [`probe`]: one `OPTIONS <check>` request, classified as HAProxy would (L4 timeout, L7 status 503…).
+//! - [`log`]: the HAProxy-style transition log line.
+//! - this file: [`HealthMonitor`], one tokio task per distinct check. Services that check the same
+//!   (address, port, URI, TLS) with the same timers share one task, as they would otherwise hammer
+//!   Patroni with identical requests. Each task publishes a [`ServerHealth`] snapshot through a
+//!   `watch` channel and sends every UP/DOWN change as a [`HealthEvent`] so the agent can re-balance
+//!   at once instead of polling.
+
+pub mod counter;
+pub mod log;
+pub mod probe;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use counter::{CounterParams, HealthCounter, HealthState, Transition};
+pub use log::{format_transition, log_transition};
+pub use probe::{CheckFailure, CheckOutcome, HaproxyStatus, ProbeError, Prober, TlsSettings};
+
+use crate::plan::model::{ServerPlan, ServicePlan};
+
+/// Where a check goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CheckTarget {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// Path and query, e.g. `/replica?lag=16MB`.
+    pub uri: String,
+    pub tls: bool,
+}
+
+/// One distinct check: a target plus the timers it runs with. The unit of sharing between services.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CheckKey {
+    pub target: CheckTarget,
+    pub params: CounterParams,
+    /// Bound on one check; never longer than `inter` (DESIGN.md §3).
+    pub timeout: Duration,
+}
+
+impl CheckKey {
+    /// The check HAProxy would run for `server` in `service`.
+    #[must_use]
+    pub fn for_server(service: &ServicePlan, server: &ServerPlan) -> Self {
+        let o = &service.options;
+        let params = CounterParams {
+            rise: o.rise,
+            fall: o.fall,
+            inter: o.inter,
+            fastinter: o.fastinter,
+            downinter: o.downinter,
+        };
+        // A zero timeout or inter would make every check fail at once; treat zero as "use the other".
+        let timeout = match (o.check_timeout.is_zero(), o.inter.is_zero()) {
+            (false, false) => o.check_timeout.min(o.inter),
+            (false, true) => o.check_timeout,
+            (true, _) => o.inter,
+        };
+        Self {
+            target: CheckTarget {
+                addr: server.addr,
+                port: server.check_port,
+                uri: service.check.clone(),
+                tls: server.check_tls,
+            },
+            params,
+            timeout: timeout.max(MIN_TIMEOUT),
+        }
+    }
+}
+
+/// The (service, server) pairs of `services` checked by `key`: who to re-balance and log for when
+/// an event about `key` arrives.
+pub fn servers_checked_by<'a>(
+    services: impl IntoIterator<Item = &'a ServicePlan>,
+    key: &CheckKey,
+) -> Vec<(&'a ServicePlan, &'a ServerPlan)> {
+    services
+        .into_iter()
+        .flat_map(|svc| svc.servers.iter().map(move |srv| (svc, srv)))
+        .filter(|(svc, srv)| CheckKey::for_server(svc, srv) == *key)
+        .collect()
+}
+
+const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Floor of any sleep between checks, so a zero interval in a plan cannot spin a task.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A point-in-time view of one check, for balance, the admin API and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHealth {
+    pub state: HealthState,
+    /// The raw counter (0..=rise+fall-1) and HAProxy's "2/3 UP" form of it.
+    pub health: u32,
+    pub status: String,
+    /// The most recent result, `None` before the first check completes.
+    pub last_check: Option<CheckOutcome>,
+    pub checks_total: u64,
+    /// HAProxy `check_failures_total` (failures while health > 0).
+    pub failures_total: u64,
+    /// HAProxy `check_up_down_total`.
+    pub up_down_total: u64,
+    /// When the state last changed.
+    pub last_change: Option<Instant>,
+    /// UP since the very first check (no slowstart for this UP period).
+    pub up_at_startup: bool,
+}
+
+impl ServerHealth {
+    fn unknown() -> Self {
+        Self {
+            state: HealthState::Unknown,
+            health: 0,
+            status: "UNKNOWN".to_owned(),
+            last_check: None,
+            checks_total: 0,
+            failures_total: 0,
+            up_down_total: 0,
+            last_change: None,
+            up_at_startup: false,
+        }
+    }
+
+    fn from_counter(counter: &HealthCounter, last: &CheckOutcome) -> Self {
+        Self {
+            state: counter.state(),
+            health: counter.health(),
+            status: counter.status_string(),
+            last_check: Some(last.clone()),
+            checks_total: counter.checks_total(),
+            failures_total: counter.failures_total(),
+            up_down_total: counter.up_down_total(),
+            last_change: counter.last_change(),
+            up_at_startup: counter.up_at_startup(),
+        }
+    }
+
+    /// The reason of the last result ("L7 status 503"), `None` when it passed or never ran.
+    #[must_use]
+    pub fn last_failure(&self) -> Option<&CheckFailure> {
+        self.last_check
+            .as_ref()
+            .and_then(|c| c.result.as_ref().err())
+    }
+
+    /// The input [`crate::balance`] needs.
+    #[must_use]
+    pub fn status_for_balance(&self) -> crate::balance::ServerStatus {
+        use crate::balance::ServerStatus;
+        match (self.state, self.last_change) {
+            (HealthState::Up, Some(since)) => ServerStatus::Up {
+                since,
+                at_startup: self.up_at_startup,
+            },
+            (HealthState::Down, _) => ServerStatus::Down,
+            _ => ServerStatus::Unknown,
+        }
+    }
+}
+
+/// An UP/DOWN change of one check, sent as it happens.
+#[derive(Clone, Debug)]
+pub struct HealthEvent {
+    pub key: CheckKey,
+    pub transition: Transition,
+    /// The check result that caused it (reason and duration for the log line).
+    pub outcome: CheckOutcome,
+    /// The snapshot right after the change.
+    pub health: ServerHealth,
+}
+
+/// Errors of the health layer.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("cannot check {uri} on {addr}:{port}")]
+    Prober {
+        addr: Ipv4Addr,
+        port: u16,
+        uri: String,
+        #[source]
+        source: ProbeError,
+    },
+}
+
+struct Checker {
+    health: watch::Receiver<ServerHealth>,
+    task: JoinHandle<()>,
+}
+
+/// All running checks. Call [`HealthMonitor::sync`] with the services of the current plan (at start
+/// and after every reload); read snapshots any time; consume [`HealthEvent`]s from the receiver
+/// returned by [`HealthMonitor::new`].
+pub struct HealthMonitor {
+    tls: Arc<TlsSettings>,
+    events: mpsc::UnboundedSender<HealthEvent>,
+    checkers: HashMap<CheckKey, Checker>,
+}
+
+impl HealthMonitor {
+    /// `tls` applies to every server whose plan says `check_tls`.
+    #[must_use]
+    pub fn new(tls: TlsSettings) -> (Self, mpsc::UnboundedReceiver<HealthEvent>) {
+        // Unbounded: transitions are rare, and a checker must never block on a slow agent; the
+        // watch snapshots stay authoritative either way.
+        let (events, rx) = mpsc::unbounded_channel();
+        let monitor = Self {
+            tls: Arc::new(tls),
+            events,
+            checkers: HashMap::new(),
+        };
+        (monitor, rx)
+    }
+
+    /// Makes the running checks match `services`: starts the missing ones (first check at once),
+    /// stops those no longer referenced, and leaves the rest running with their state. All probers
+    /// are built before anything changes, so a bad setting leaves the monitor as it was. Must be
+    /// called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`HealthError::Prober`] when a check cannot be set up (relative URI, unreadable CA file).
+    pub fn sync<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a ServicePlan>,
+    ) -> Result<(), HealthError> {
+        let mut wanted: HashMap<CheckKey, Option<Prober>> = HashMap::new();
+        for service in services {
+            for server in &service.servers {
+                let key = CheckKey::for_server(service, server);
+                if wanted.contains_key(&key) {
+                    continue;
+                }
+                let prober = if self.checkers.contains_key(&key) {
+                    None
+                } else {
+                    Some(self.build_prober(&key)?)
+                };
+                wanted.insert(key, prober);
+            }
+        }
+        self.checkers.retain(|key, checker| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                checker.task.abort();
+            }
+            keep
+        });
+        for (key, prober) in wanted {
+            if let Some(prober) = prober {
+                let checker = self.spawn(key.clone(), prober);
+                self.checkers.insert(key, checker);
+            }
+        }
+        Ok(())
+    }
+
+    fn build_prober(&self, key: &CheckKey) -> Result<Prober, HealthError> {
+        let t = &key.target;
+        let tls = t.tls.then_some(self.tls.as_ref());
+        Prober::new(t.addr, t.port, &t.uri, tls, key.timeout).map_err(|source| {
+            HealthError::Prober {
+                addr: t.addr,
+                port: t.port,
+                uri: t.uri.clone(),
+                source,
+            }
+        })
+    }
+
+    fn spawn(&self, key: CheckKey, prober: Prober) -> Checker {
+        let (tx, rx) = watch::channel(ServerHealth::unknown());
+        let task = tokio::spawn(run_checker(key, prober, tx, self.events.clone()));
+        Checker { health: rx, task }
+    }
+
+    /// The current snapshot of a check; `None` when no such check runs.
+    #[must_use]
+    pub fn health(&self, key: &CheckKey) -> Option<ServerHealth> {
+        self.checkers.get(key).map(|c| c.health.borrow().clone())
+    }
+
+    /// The snapshot of `server`'s check in `service`; state `Unknown` when that check is not running.
+    #[must_use]
+    pub fn server_health(&self, service: &ServicePlan, server: &ServerPlan) -> ServerHealth {
+        self.health(&CheckKey::for_server(service, server))
+            .unwrap_or_else(ServerHealth::unknown)
+    }
+
+    /// A receiver that wakes on every new snapshot of a check.
+    #[must_use]
+    pub fn subscribe(&self, key: &CheckKey) -> Option<watch::Receiver<ServerHealth>> {
+        self.checkers.get(key).map(|c| c.health.clone())
+    }
+
+    /// Every running check and its snapshot.
+    #[must_use]
+    pub fn snapshots(&self) -> Vec<(CheckKey, ServerHealth)> {
+        self.checkers
+            .iter()
+            .map(|(k, c)| (k.clone(), c.health.borrow().clone()))
+            .collect()
+    }
+
+    /// Number of running check tasks.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.checkers.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.checkers.is_empty()
+    }
+
+    /// Stops every check and waits until the tasks are gone (an in-flight request is dropped).
+    pub async fn shutdown(mut self) {
+        let tasks: Vec<JoinHandle<()>> = self.checkers.drain().map(|(_, c)| c.task).collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            // A cancelled task yields a JoinError by design; nothing to report.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for HealthMonitor {
+    fn drop(&mut self) {
+        for checker in self.checkers.values() {
+            checker.task.abort();
+        }
+    }
+}
+
+/// The loop of one check task: probe, feed the counter, publish, sleep the counter's interval.
+/// The interval runs from the end of a check, so a slow check never overlaps the next.
+async fn run_checker(
+    key: CheckKey,
+    prober: Prober,
+    health: watch::Sender<ServerHealth>,
+    events: mpsc::UnboundedSender<HealthEvent>,
+) {
+    let mut counter = HealthCounter::new(key.params);
+    let mut last_reason: Option<String> = None;
+    loop {
+        let outcome = prober.probe().await;
+        let now = Instant::now();
+        let transition = counter.record(outcome.passed(), now);
+        let snapshot = ServerHealth::from_counter(&counter, &outcome);
+        // Like HAProxy's "Health check for server … failed" lines: only when the result changes.
+        let reason = outcome.result.as_ref().err().map(ToString::to_string);
+        if reason != last_reason && transition.is_none() {
+            tracing::debug!(
+                url = prober.url(),
+                status = %snapshot.status,
+                reason = reason.as_deref().unwrap_or("passed"),
+                duration_ms = outcome.duration.as_millis(),
+                "health check result changed"
+            );
+        }
+        last_reason = reason;
+        health.send_replace(snapshot.clone());
+        if let Some(transition) = transition {
+            // The receiver is gone only while the agent shuts down; the task is aborted right after.
+            let _ = events.send(HealthEvent {
+                key: key.clone(),
+                transition,
+                outcome,
+                health: snapshot,
+            });
+        }
+        tokio::time::sleep(counter.interval().max(MIN_INTERVAL)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::model::{Balance, BindAddr, ServerOptions};
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback Patroni whose answer status the test changes at run time.
+    async fn patroni(status: Arc<AtomicU16>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let status = status.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    let _ = sock.read(&mut buf).await;
+                    let code = status.load(Ordering::SeqCst);
+                    let line = format!("HTTP/1.0 {code} X\r\n\r\n");
+                    let _ = sock.write_all(line.as_bytes()).await;
+                });
+            }
+        });
+        port
+    }
+
+    fn service(name: &str, check: &str, ports: &[u16]) -> ServicePlan {
+        let ms = Duration::from_millis;
+        ServicePlan {
+            name: name.to_owned(),
+            short_name: name.to_owned(),
+            cluster: "pg-test".to_owned(),
+            ip: BindAddr::Any,
+            port: 5433,
+            dest: "default".to_owned(),
+            check: check.to_owned(),
+            maxconn: 5000,
+            balance: Balance::RoundRobin,
+            options: ServerOptions {
+                inter: ms(40),
+                fastinter: ms(20),
+                downinter: ms(40),
+                rise: 2,
+                fall: 2,
+                check_timeout: ms(500),
+                ..ServerOptions::default()
+            },
+            options_line: String::new(),
+            servers: ports
+                .iter()
+                .enumerate()
+                .map(|(i, port)| ServerPlan {
+                    name: format!("pg-test-{}", i + 1),
+                    addr: Ipv4Addr::LOCALHOST,
+                    port: 6432,
+                    check_port: *port,
+                    check_tls: false,
+                    weight: 100,
+                    backup: false,
+                })
+                .collect(),
+            allbackups: false,
+        }
+    }
+
+    async fn next_event(rx: &mut mpsc::UnboundedReceiver<HealthEvent>) -> HealthEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event within 5s")
+            .expect("channel open")
+    }
+
+    #[tokio::test]
+    async fn checker_reports_startup_down_and_up() {
+        let status = Arc::new(AtomicU16::new(200));
+        let port = patroni(status.clone()).await;
+        let svc = service("pg-test-primary", "/primary", &[port]);
+        let (mut monitor, mut rx) = HealthMonitor::new(TlsSettings::default());
+        monitor.sync([&svc]).expect("sync");
+        assert_eq!(monitor.len(), 1);
+
+        let ev = next_event(&mut rx).await;
+        assert!(ev.transition.is_startup());
+        assert_eq!(ev.transition.to, HealthState::Up);
+        assert!(ev.outcome.passed());
+
+        status.store(503, Ordering::SeqCst);
+        let ev = next_event(&mut rx).await;
+        assert_eq!(
+            (ev.transition.from, ev.transition.to),
+            (HealthState::Up, HealthState::Down)
+        );
+        assert_eq!(ev.outcome.result, Err(CheckFailure::L7Status { code: 503 }));
+        assert_eq!(ev.health.up_down_total, 1);
+        // fall 2: two failures counted from full health.
+        assert_eq!(ev.health.failures_total, 2);
+        let snap = monitor.server_health(&svc, &svc.servers[0]);
+        assert_eq!(snap.state, HealthState::Down);
+        assert_eq!(
+            snap.last_failure(),
+            Some(&CheckFailure::L7Status { code: 503 })
+        );
+        assert_eq!(
+            snap.status_for_balance(),
+            crate::balance::ServerStatus::Down
+        );
+
+        status.store(200, Ordering::SeqCst);
+        let ev = next_event(&mut rx).await;
+        assert_eq!(
+            (ev.transition.from, ev.transition.to),
+            (HealthState::Down, HealthState::Up)
+        );
+        assert!(!ev.health.up_at_startup);
+        assert!(matches!(
+            ev.health.status_for_balance(),
+            crate::balance::ServerStatus::Up {
+                at_startup: false,
+                ..
+            }
+        ));
+        monitor.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn services_with_the_same_check_share_one_checker() {
+        let status = Arc::new(AtomicU16::new(200));
+        let port = patroni(status.clone()).await;
+        let primary = service("pg-test-primary", "/primary", &[port]);
+        let default = service("pg-test-default", "/primary", &[port]);
+        let replica = service("pg-test-replica", "/read-only", &[port]);
+        let (mut monitor, mut rx) = HealthMonitor::new(TlsSettings::default());
+        monitor.sync([&primary, &default, &replica]).expect("sync");
+        assert_eq!(monitor.len(), 2, "/primary shared, /read-only separate");
+        let users = servers_checked_by(
+            [&primary, &default, &replica],
+            &CheckKey::for_server(&primary, &primary.servers[0]),
+        );
+        let names: Vec<&str> = users.iter().map(|(svc, _)| svc.name.as_str()).collect();
+        assert_eq!(names, ["pg-test-primary", "pg-test-default"]);
+        let mut uris = vec![
+            next_event(&mut rx).await.key.target.uri,
+            next_event(&mut rx).await.key.target.uri,
+        ];
+        uris.sort();
+        assert_eq!(uris, ["/primary", "/read-only"]);
+
+        // Dropping a service that shares its check keeps the check (and its state) running.
+        monitor.sync([&primary, &replica]).expect("sync");
+        assert_eq!(monitor.len(), 2);
+        assert_eq!(
+            monitor.server_health(&primary, &primary.servers[0]).state,
+            HealthState::Up
+        );
+        monitor.sync([&primary]).expect("sync");
+        assert_eq!(monitor.len(), 1);
+        assert_eq!(
+            monitor.server_health(&replica, &replica.servers[0]).state,
+            HealthState::Unknown,
+            "a stopped check has no state"
+        );
+        monitor.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bad_check_uri_leaves_the_monitor_unchanged() {
+        let status = Arc::new(AtomicU16::new(200));
+        let port = patroni(status).await;
+        let good = service("pg-test-primary", "/primary", &[port]);
+        let bad = service("pg-test-bad", "primary", &[port]);
+        let (mut monitor, _rx) = HealthMonitor::new(TlsSettings::default());
+        monitor.sync([&good]).expect("sync");
+        let err = monitor.sync([&good, &bad]);
+        assert!(matches!(err, Err(HealthError::Prober { .. })), "{err:?}");
+        assert_eq!(monitor.len(), 1);
+        monitor.shutdown().await;
+    }
+
+    #[test]
+    fn check_timeout_never_exceeds_inter() {
+        let mut svc = service("s", "/primary", &[8008]);
+        svc.options.inter = Duration::from_secs(2);
+        svc.options.check_timeout = Duration::from_secs(3);
+        let key = CheckKey::for_server(&svc, &svc.servers[0]);
+        assert_eq!(key.timeout, Duration::from_secs(2));
+        svc.options.check_timeout = Duration::from_secs(1);
+        let key = CheckKey::for_server(&svc, &svc.servers[0]);
+        assert_eq!(key.timeout, Duration::from_secs(1));
+        assert_eq!(key.target.port, 8008);
+        assert_eq!(key.target.uri, "/primary");
+    }
+}

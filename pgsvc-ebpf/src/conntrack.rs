@@ -1,0 +1,376 @@
+//! Connection tracking: the forward path (client → VIP) and the reverse path (backend → SNAT
+//! address). Flows are created on a client SYN, translated on every packet, marked closing on the
+//! first FIN or RST either way (counters drop then, exactly once), and removed by the agent's GC or
+//! when the datapath resets them.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use pgsvc_common::{
+    BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason, SNAT_TRIES,
+    SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_ACK, TCP_F_FIN, TCP_F_RST,
+    TCP_F_SYN,
+};
+use pgsvc_ebpf::hash;
+
+use crate::{
+    Verdict, atomic,
+    maps::{BACKENDS, FLOWS, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE, SVC_TABLE},
+    nat::{self, Tuple},
+    parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
+    rst, select, stats, xmit,
+};
+
+/// `last_seen` is refreshed at most this often (keeps established packets from dirtying the entry).
+const TOUCH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn tcp_bits(flags: u8) -> u8 {
+    let mut b = 0;
+    if flags & TH_SYN != 0 {
+        b |= TCP_F_SYN;
+    }
+    if flags & TH_ACK != 0 {
+        b |= TCP_F_ACK;
+    }
+    if flags & TH_FIN != 0 {
+        b |= TCP_F_FIN;
+    }
+    if flags & TH_RST != 0 {
+        b |= TCP_F_RST;
+    }
+    b
+}
+
+/// Client → service packet.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, pkt: &Pkt, cfg: &Config, svc_id: u32) -> Result<Verdict, Reason> {
+    let svc = SVC_STATE.get(svc_id).ok_or(Reason::PassNotService)?;
+    if svc.flags & SVC_F_ACTIVE == 0 {
+        return Err(Reason::PassNotService);
+    }
+    let key = FlowKey {
+        client_addr: pkt.saddr,
+        vip: pkt.daddr,
+        client_port: pkt.sport,
+        vport: pkt.dport,
+    };
+    let syn = pkt.flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
+    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: hash map value; fields other than `closing` are written by this flow's packets only.
+        let flow = unsafe { &mut *flow };
+        if !(syn && flow.closing != 0) {
+            return established(ctx, pkt, svc, &key, flow);
+        }
+        // A new connection reusing the 4-tuple of a finished one: forget the old translation.
+        remove_flow(&key, flow, cfg);
+    }
+    if !syn {
+        if let Some(s) = stats::service(svc_id) {
+            s.rst_sent += 1;
+        }
+        return rst::reply(ctx, pkt, Reason::RstNoFlow);
+    }
+    new_flow(ctx, pkt, cfg, svc_id, svc, &key)
+}
+
+#[inline(always)]
+fn established(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    svc: &ServiceState,
+    key: &FlowKey,
+    flow: &mut Flow,
+) -> Result<Verdict, Reason> {
+    let be = BACKENDS
+        .get(flow.backend_id)
+        .ok_or(Reason::PassNotService)?;
+    let gone = be.epoch != flow.backend_epoch;
+    let down = svc.flags & SVC_F_SHUTDOWN_SESSIONS != 0 && be.flags & BE_F_UP == 0;
+    if gone || down {
+        close_flow(flow);
+        let _ = NAT_REV.remove(&nat_key_of(flow));
+        let _ = FLOWS.remove(key);
+        if let Some(s) = stats::backend(flow.backend_id) {
+            s.rst_sent += 1;
+        }
+        if let Some(s) = stats::service(flow.svc_id) {
+            s.rst_sent += 1;
+        }
+        return rst::reply(ctx, pkt, Reason::RstBackendDown);
+    }
+    let t = now();
+    if t.wrapping_sub(flow.last_seen_ns) > TOUCH_NS {
+        flow.last_seen_ns = t;
+    }
+    let bits = tcp_bits(pkt.flags);
+    if flow.client_flags & bits != bits {
+        flow.client_flags |= bits;
+    }
+    if pkt.flags & (TH_FIN | TH_RST) != 0 {
+        close_flow(flow);
+    }
+    let cfg = crate::config()?;
+    let hop = match xmit::hop_to_backend(ctx, cfg, be, pkt) {
+        Ok(hop) => hop,
+        Err(reason) => return Ok(Verdict::drop(reason)),
+    };
+    nat::xlate_v4(
+        ctx,
+        pkt,
+        &Tuple {
+            saddr: cfg.snat_addr,
+            sport: flow.snat_port,
+            daddr: flow.backend_addr,
+            dport: flow.backend_port,
+        },
+    )?;
+    xmit::set_macs(ctx, &hop.dst, &hop.src)?;
+    stats::count_in(flow.svc_id, flow.backend_id, pkt.payload_len);
+    Ok(Verdict {
+        action: xmit::send(ctx, hop.ifindex),
+        reason: Reason::FwdEstablished,
+    })
+}
+
+#[inline(always)]
+fn new_flow(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    cfg: &Config,
+    svc_id: u32,
+    svc: &ServiceState,
+    key: &FlowKey,
+) -> Result<Verdict, Reason> {
+    match admit(ctx, pkt, cfg, svc_id, svc, key) {
+        Ok(v) => Ok(v),
+        Err(
+            reason @ (Reason::DropServiceMaxconn
+            | Reason::DropBackendMaxconn
+            | Reason::DropNoBackend
+            | Reason::DropSnatExhausted
+            | Reason::DropNoNextHop
+            | Reason::DropFlowInsert),
+        ) => {
+            // The client retransmits its SYN: the drop acts as HAProxy's queue.
+            if let Some(s) = stats::service(svc_id) {
+                s.syn_dropped += 1;
+            }
+            Ok(Verdict::drop(reason))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+#[inline(always)]
+fn admit(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    cfg: &Config,
+    svc_id: u32,
+    svc: &ServiceState,
+    key: &FlowKey,
+) -> Result<Verdict, Reason> {
+    let rt = SVC_RUNTIME
+        .get_ptr_mut(svc_id)
+        .ok_or(Reason::DropNoBackend)?;
+    // SAFETY: array map value; `conns` is only modified atomically.
+    let opened = unsafe { atomic::load_i64(&raw const (*rt).conns) };
+    let open = opened - SVC_RELEASED.get(svc_id).copied().unwrap_or(0);
+    if svc.maxconn != 0 && open >= i64::from(svc.maxconn) {
+        return Err(Reason::DropServiceMaxconn);
+    }
+    let set_idx = svc_id * GENERATIONS + (svc.generation & 1);
+    let set = SVC_TABLE.get(set_idx).ok_or(Reason::DropNoBackend)?;
+    let h = hash::flow4(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport);
+    let backend_id = select::pick(svc.algorithm, set, rt, h)?;
+    let be = BACKENDS.get(backend_id).ok_or(Reason::DropNoBackend)?;
+    let hop = xmit::hop_to_backend(ctx, cfg, be, pkt)?;
+    let (client_mac, lb_mac) = xmit::frame_macs(ctx)?;
+    let t = now();
+    let rev = NatRev {
+        client_addr: pkt.saddr,
+        vip: pkt.daddr,
+        client_port: pkt.sport,
+        vport: pkt.dport,
+        client_ifindex: ctx.ingress_ifindex() as u32,
+        client_mac,
+        lb_mac,
+        backend_id,
+        svc_id,
+        backend_flags: 0,
+        _pad: [0; 3],
+        last_seen_ns: t,
+    };
+    let snat_port = alloc_snat_port(cfg, be, &rev, h)?;
+    let flow = Flow {
+        backend_id,
+        backend_epoch: be.epoch,
+        svc_id,
+        backend_addr: be.addr,
+        backend_port: be.port,
+        snat_port,
+        client_flags: TCP_F_SYN,
+        _pad0: [0; 3],
+        closing: 0,
+        last_seen_ns: t,
+    };
+    if FLOWS.insert(key, &flow, u64::from(BPF_NOEXIST)).is_err() {
+        // Another CPU created this flow from a retransmitted SYN first: follow its choice.
+        let _ = NAT_REV.remove(&nat_key_of(&flow));
+        return match FLOWS.get_ptr_mut(key) {
+            // SAFETY: as in `forward`.
+            Some(f) => established(ctx, pkt, svc, key, unsafe { &mut *f }),
+            None => Err(Reason::DropFlowInsert),
+        };
+    }
+    // SAFETY: as above, atomic access only.
+    unsafe { atomic::add_i64(&raw mut (*rt).conns, 1) };
+    select::add_backend_conns(backend_id, 1);
+    if let Some(s) = stats::service(svc_id) {
+        s.new_flows += 1;
+    }
+    if let Some(s) = stats::backend(backend_id) {
+        s.new_flows += 1;
+    }
+
+    nat::xlate_v4(
+        ctx,
+        pkt,
+        &Tuple {
+            saddr: cfg.snat_addr,
+            sport: snat_port,
+            daddr: be.addr,
+            dport: be.port,
+        },
+    )?;
+    xmit::set_macs(ctx, &hop.dst, &hop.src)?;
+    stats::count_in(svc_id, backend_id, pkt.payload_len);
+    Ok(Verdict {
+        action: xmit::send(ctx, hop.ifindex),
+        reason: Reason::FwdNew,
+    })
+}
+
+/// Claims a free SNAT port toward this backend by inserting the reverse entry; tries a few hashed
+/// candidates before giving up.
+#[inline(always)]
+fn alloc_snat_port(cfg: &Config, be: &Backend, rev: &NatRev, h: u32) -> Result<u16, Reason> {
+    let min = u32::from(cfg.snat_port_min);
+    let max = u32::from(cfg.snat_port_max);
+    if max < min {
+        return Err(Reason::DropSnatExhausted);
+    }
+    let range = max - min + 1;
+    let mut i = 0;
+    while i < SNAT_TRIES {
+        let port = (min + (h.wrapping_add(i.wrapping_mul(0x9e37_79b1)) % range)) as u16;
+        let key = NatKey {
+            backend_addr: be.addr,
+            snat_addr: cfg.snat_addr,
+            backend_port: be.port,
+            snat_port: port.to_be(),
+        };
+        if NAT_REV.insert(&key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+            return Ok(port.to_be());
+        }
+        i += 1;
+    }
+    Err(Reason::DropSnatExhausted)
+}
+
+#[inline(always)]
+fn nat_key_of(flow: &Flow) -> NatKey {
+    let snat_addr = crate::maps::CONFIG.get(0).map(|c| c.snat_addr).unwrap_or(0);
+    NatKey {
+        backend_addr: flow.backend_addr,
+        snat_addr,
+        backend_port: flow.backend_port,
+        snat_port: flow.snat_port,
+    }
+}
+
+/// Marks a flow closing; the first caller drops the service's and the backend's counters.
+#[inline(always)]
+fn close_flow(flow: &mut Flow) {
+    // SAFETY: `closing` is only accessed atomically once the flow is in the map.
+    let was = unsafe { atomic::swap_u64(&raw mut flow.closing, 1) };
+    if was != 0 {
+        return;
+    }
+    if let Some(rt) = SVC_RUNTIME.get_ptr_mut(flow.svc_id) {
+        // SAFETY: atomic access to a shared array value.
+        unsafe { atomic::add_i64(&raw mut (*rt).conns, -1) };
+    }
+    // A reassigned slot's counter belongs to its new server already (the agent zeroed it).
+    if BACKENDS.get(flow.backend_id).map(|b| b.epoch) == Some(flow.backend_epoch) {
+        select::add_backend_conns(flow.backend_id, -1);
+    }
+    if let Some(s) = stats::service(flow.svc_id) {
+        s.closed_flows += 1;
+    }
+    if let Some(s) = stats::backend(flow.backend_id) {
+        s.closed_flows += 1;
+    }
+}
+
+#[inline(always)]
+fn remove_flow(key: &FlowKey, flow: &mut Flow, _cfg: &Config) {
+    close_flow(flow);
+    let _ = NAT_REV.remove(&nat_key_of(flow));
+    let _ = FLOWS.remove(key);
+}
+
+/// Backend → SNAT address packet.
+#[inline(always)]
+pub fn reverse(ctx: &XdpContext, pkt: &Pkt) -> Result<Verdict, Reason> {
+    let key = NatKey {
+        backend_addr: pkt.saddr,
+        snat_addr: pkt.daddr,
+        backend_port: pkt.sport,
+        snat_port: pkt.dport,
+    };
+    let rev = NAT_REV.get_ptr_mut(&key).ok_or(Reason::PassNoNat)?;
+    // SAFETY: hash map value, written by this flow's reverse packets only.
+    let rev = unsafe { &mut *rev };
+    let t = now();
+    if t.wrapping_sub(rev.last_seen_ns) > TOUCH_NS {
+        rev.last_seen_ns = t;
+    }
+    let bits = tcp_bits(pkt.flags);
+    if rev.backend_flags & bits != bits {
+        rev.backend_flags |= bits;
+    }
+    if pkt.flags & (TH_FIN | TH_RST) != 0 {
+        let fkey = FlowKey {
+            client_addr: rev.client_addr,
+            vip: rev.vip,
+            client_port: rev.client_port,
+            vport: rev.vport,
+        };
+        if let Some(flow) = FLOWS.get_ptr_mut(&fkey) {
+            // SAFETY: as in `forward`.
+            close_flow(unsafe { &mut *flow });
+        }
+    }
+    nat::xlate_v4(
+        ctx,
+        pkt,
+        &Tuple {
+            saddr: rev.vip,
+            sport: rev.vport,
+            daddr: rev.client_addr,
+            dport: rev.client_port,
+        },
+    )?;
+    xmit::set_macs(ctx, &rev.client_mac, &rev.lb_mac)?;
+    stats::count_out(rev.svc_id, rev.backend_id, pkt.payload_len);
+    Ok(Verdict {
+        action: xmit::send(ctx, rev.client_ifindex),
+        reason: Reason::Reverse,
+    })
+}

@@ -1,0 +1,87 @@
+//! Every map of the program, pinned by name under the agent's pin directory so that flows and
+//! configuration survive an agent restart. Layouts live in `pgsvc-common`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use pgsvc_common::{
+    Backend, BackendSet, Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, IPPROTO_TCP,
+    MAX_BACKENDS, MAX_SERVICES, NatKey, NatRev, Reason, ServiceKey, ServiceRuntime, ServiceState,
+    TrafficStats,
+};
+
+/// Global settings (one entry).
+#[map]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Listen (address, port) → service id; address 0 is the wildcard.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::pinned(MAX_SERVICES * 4, 0);
+
+/// Per-service configuration, written whole by the agent.
+#[map]
+pub static SVC_STATE: Array<ServiceState> = Array::pinned(MAX_SERVICES, 0);
+
+/// Per-service counters owned by the datapath (round-robin position, open connections).
+#[map]
+pub static SVC_RUNTIME: Array<ServiceRuntime> = Array::pinned(MAX_SERVICES, 0);
+
+/// Per service × generation: the active backend set (ring and leastconn candidates).
+#[map]
+pub static SVC_TABLE: Array<BackendSet> = Array::pinned(MAX_SERVICES * GENERATIONS, 0);
+
+/// Per backend slot: address, health flags, epoch, limits, next hop.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+/// Per backend: connections opened minus closed, updated atomically by the datapath.
+#[map]
+pub static BACKEND_CONNS: Array<i64> = Array::pinned(MAX_BACKENDS, 0);
+
+/// Per backend: flows the agent removed while they were still counted (idle expiry); written only by
+/// the agent. Active connections = `BACKEND_CONNS - BACKEND_RELEASED`.
+#[map]
+pub static BACKEND_RELEASED: Array<i64> = Array::pinned(MAX_BACKENDS, 0);
+
+/// Per service: flows the agent removed while they were still counted; written only by the agent.
+/// Open connections = `SVC_RUNTIME.conns - SVC_RELEASED`.
+#[map]
+pub static SVC_RELEASED: Array<i64> = Array::pinned(MAX_SERVICES, 0);
+
+/// Forward conntrack: client 4-tuple → translation.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+
+/// Reverse NAT: backend's view of a flow → client's view.
+#[map]
+pub static NAT_REV: LruHashMap<NatKey, NatRev> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+
+/// Per-CPU traffic counters per service.
+#[map]
+pub static SVC_STATS: PerCpuArray<TrafficStats> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+/// Per-CPU traffic counters per backend.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// Per-CPU packet counters per [`Reason`].
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// Exact (address, port) first, then the wildcard.
+#[inline(always)]
+pub fn lookup_service(daddr: u32, dport: u16) -> Option<u32> {
+    let mut key = ServiceKey {
+        addr: daddr,
+        port: dport,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    // SAFETY: the value is a plain u32 copied out before the next helper call.
+    if let Some(id) = unsafe { SERVICES.get(&key) } {
+        return Some(*id);
+    }
+    key.addr = 0;
+    unsafe { SERVICES.get(&key) }.copied()
+}

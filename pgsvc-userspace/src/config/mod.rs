@@ -1,0 +1,518 @@
+//! Reading a Pigsty (Ansible YAML) inventory into hosts with their effective variables.
+//!
+//! Owns the Ansible side of the contract: groups under `all.children` (nested to any depth),
+//! `all.vars`, group `vars`, and per-host variables keyed by the host's address; variable precedence
+//! as Ansible applies it (all < parent group < child group < host; siblings by
+//! `ansible_group_priority`, then name); host order as Ansible's `hostvars` iterates (first
+//! appearance in the file). Every value keeps its source position so later stages can say
+//! file:line:column. Nothing here knows what a PostgreSQL service is — that is `plan`.
+
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use yaml::{Node, Pos, Value};
+
+/// A place in an inventory file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: Arc<str>,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// What a warning is about; `pgsvc check` fails on the kinds where [`WarningKind::fails_check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningKind {
+    /// The same key twice in one mapping (the last one wins, as in Ansible).
+    DuplicateKey,
+    /// A key in a group that Ansible ignores (not `hosts`, `vars` or `children`).
+    UnexpectedKey,
+    /// A service field Pigsty does not know: Pigsty ignores it silently, so a typo (`chek:`) would
+    /// fall back to a default without anyone noticing.
+    UnknownServiceField,
+    /// A `default-server` keyword pgsvc does not implement.
+    UnknownServerOption,
+    /// A value pgsvc accepts but some HAProxy versions reject (e.g. `fastinter 0.5s`).
+    HaproxyCompat,
+    /// A selector that matched no member: valid, but the service has no server.
+    EmptyService,
+    /// An inventory `pg_role` other than primary, replica or offline.
+    UnknownRole,
+}
+
+impl WarningKind {
+    /// Whether `pgsvc check` treats this warning as invalid input. Pigsty silently ignores unknown
+    /// service fields; check is stricter so that a misspelt field does not go unnoticed.
+    pub fn fails_check(self) -> bool {
+        matches!(self, WarningKind::UnknownServiceField)
+    }
+}
+
+/// Something worth telling the operator that does not stop the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub kind: WarningKind,
+    pub at: Option<Location>,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.at {
+            Some(at) => write!(f, "{at}: warning: {}", self.message),
+            None => write!(f, "warning: {}", self.message),
+        }
+    }
+}
+
+/// Why an inventory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read inventory: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{at}: YAML syntax error: {message}")]
+    Syntax { at: Location, message: String },
+    #[error("{file}: inventory is empty: no hosts under `all`")]
+    Empty { file: Arc<str> },
+    #[error("{at}: {what} must be a mapping, found {found}")]
+    NotAMapping {
+        at: Location,
+        what: String,
+        found: &'static str,
+    },
+    #[error("{at}: {what} must be a scalar name, found {found}")]
+    BadName {
+        at: Location,
+        what: &'static str,
+        found: &'static str,
+    },
+}
+
+/// One variable as written, with where it was written.
+pub type Vars = Vec<(String, Node)>;
+
+/// One inventory host with its effective variables (all precedence applied).
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// `inventory_hostname`: for Pigsty, the host's IP address.
+    pub name: String,
+    /// Where the host key first appears.
+    pub at: Location,
+    /// Names of the groups the host belongs to, directly or through children (without `all`).
+    pub groups: Vec<String>,
+    vars: Vars,
+}
+
+impl Host {
+    /// The effective value of a variable.
+    pub fn var(&self, name: &str) -> Option<&Node> {
+        self.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    pub fn vars(&self) -> &Vars {
+        &self.vars
+    }
+
+    /// The host as Pigsty's selectors see it in `hostvars`: its variables plus the magic
+    /// `inventory_hostname` and `group_names`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut object: serde_json::Map<String, serde_json::Value> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect();
+        object.insert(
+            "inventory_hostname".into(),
+            serde_json::Value::String(self.name.clone()),
+        );
+        let mut groups = self.groups.clone();
+        groups.sort();
+        object.insert("group_names".into(), serde_json::Value::from(groups));
+        serde_json::Value::Object(object)
+    }
+}
+
+/// A whole inventory, hosts in `hostvars` order.
+#[derive(Clone, Debug)]
+pub struct Inventory {
+    /// How the file is named in messages.
+    pub file: Arc<str>,
+    pub hosts: Vec<Host>,
+}
+
+impl Inventory {
+    /// Turns a node position into a location in this inventory's file.
+    pub fn loc(&self, pos: Pos) -> Location {
+        at(&self.file, pos)
+    }
+}
+
+fn at(file: &Arc<str>, pos: Pos) -> Location {
+    Location {
+        file: Arc::clone(file),
+        line: pos.line,
+        column: pos.column,
+    }
+}
+
+/// Reads and parses an inventory file.
+///
+/// # Errors
+/// [`ConfigError::Read`] when the file cannot be read, otherwise as [`parse_inventory`].
+pub fn load_inventory(path: &Path) -> Result<(Inventory, Vec<Warning>), ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_inventory(&source, &path.display().to_string())
+}
+
+/// Parses inventory text; `file` is only used to name positions in messages.
+///
+/// # Errors
+/// A YAML syntax error, a group or `vars` that is not a mapping, or an inventory without hosts.
+pub fn parse_inventory(source: &str, file: &str) -> Result<(Inventory, Vec<Warning>), ConfigError> {
+    let file: Arc<str> = Arc::from(file);
+    let doc = yaml::parse(source).map_err(|err| ConfigError::Syntax {
+        at: at(&file, err.pos),
+        message: err.message,
+    })?;
+    let mut warnings: Vec<Warning> = doc
+        .duplicate_keys
+        .iter()
+        .map(|(pos, key)| Warning {
+            kind: WarningKind::DuplicateKey,
+            at: Some(at(&file, *pos)),
+            message: format!("duplicate key `{key}`: the last one wins"),
+        })
+        .collect();
+    let Some(root) = doc.root.filter(|r| r.value != Value::Null) else {
+        return Err(ConfigError::Empty { file });
+    };
+    let mut reader = GroupReader {
+        file: &file,
+        groups: Vec::new(),
+        index: HashMap::new(),
+        host_order: Vec::new(),
+        warnings: &mut warnings,
+    };
+    let entries = reader.mapping(&root, "the inventory")?;
+    let all = reader.group_id("all");
+    for (key, value) in entries {
+        let name = reader.name(key, "a group name")?;
+        if name == "all" {
+            reader.read_group(all, value)?;
+        } else {
+            // A top-level group other than `all` is, in Ansible, a child of `all`.
+            let id = reader.group_id(&name);
+            reader.link(all, id);
+            reader.read_group(id, value)?;
+        }
+    }
+    let hosts = reader.resolve_hosts();
+    if hosts.is_empty() {
+        return Err(ConfigError::Empty { file });
+    }
+    Ok((Inventory { file, hosts }, warnings))
+}
+
+#[derive(Default)]
+struct Group {
+    name: String,
+    vars: Vars,
+    parents: Vec<usize>,
+    /// Host names with the variables written under this group's `hosts`.
+    hosts: Vec<(String, Vars)>,
+}
+
+struct GroupReader<'a> {
+    file: &'a Arc<str>,
+    groups: Vec<Group>,
+    index: HashMap<String, usize>,
+    /// Host names in first-appearance order, with where they first appear.
+    host_order: Vec<(String, Pos)>,
+    warnings: &'a mut Vec<Warning>,
+}
+
+impl GroupReader<'_> {
+    fn group_id(&mut self, name: &str) -> usize {
+        if let Some(&id) = self.index.get(name) {
+            return id;
+        }
+        self.groups.push(Group {
+            name: name.to_owned(),
+            ..Group::default()
+        });
+        self.index.insert(name.to_owned(), self.groups.len() - 1);
+        self.groups.len() - 1
+    }
+
+    fn link(&mut self, parent: usize, child: usize) {
+        if parent != child && !self.groups[child].parents.contains(&parent) {
+            self.groups[child].parents.push(parent);
+        }
+    }
+
+    fn name(&self, key: &Node, what: &'static str) -> Result<String, ConfigError> {
+        key.scalar_text().ok_or(ConfigError::BadName {
+            at: at(self.file, key.pos),
+            what,
+            found: key.type_name(),
+        })
+    }
+
+    /// The entries of a mapping; `null` (an empty section, `hosts:` with nothing under it) is empty.
+    fn mapping<'n>(&self, node: &'n Node, what: &str) -> Result<&'n [(Node, Node)], ConfigError> {
+        match &node.value {
+            Value::Null => Ok(&[]),
+            Value::Map(entries) => Ok(entries),
+            _ => Err(ConfigError::NotAMapping {
+                at: at(self.file, node.pos),
+                what: what.to_owned(),
+                found: node.type_name(),
+            }),
+        }
+    }
+
+    fn vars(&self, node: &Node, what: &str) -> Result<Vars, ConfigError> {
+        self.mapping(node, what)?
+            .iter()
+            .map(|(k, v)| Ok((self.name(k, "a variable name")?, v.clone())))
+            .collect()
+    }
+
+    fn read_group(&mut self, id: usize, node: &Node) -> Result<(), ConfigError> {
+        let group_name = self.groups[id].name.clone();
+        for (key, value) in self.mapping(node, &format!("group `{group_name}`"))? {
+            match key.scalar_text().as_deref() {
+                Some("vars") => {
+                    let vars = self.vars(value, &format!("`{group_name}.vars`"))?;
+                    merge_vars(&mut self.groups[id].vars, vars);
+                }
+                Some("hosts") => {
+                    let what = format!("`{group_name}.hosts`");
+                    for (host_key, host_vars) in self.mapping(value, &what)? {
+                        let host = self.name(host_key, "a host name")?;
+                        let vars = self.vars(host_vars, &format!("host `{host}`"))?;
+                        if !self.host_order.iter().any(|(h, _)| *h == host) {
+                            self.host_order.push((host.clone(), host_key.pos));
+                        }
+                        self.groups[id].hosts.push((host, vars));
+                    }
+                }
+                Some("children") => {
+                    let what = format!("`{group_name}.children`");
+                    for (child_key, child) in self.mapping(value, &what)? {
+                        let child_name = self.name(child_key, "a group name")?;
+                        let child_id = self.group_id(&child_name);
+                        self.link(id, child_id);
+                        self.read_group(child_id, child)?;
+                    }
+                }
+                other => self.warnings.push(Warning {
+                    kind: WarningKind::UnexpectedKey,
+                    at: Some(at(self.file, key.pos)),
+                    message: format!(
+                        "unexpected key `{}` in group `{group_name}` (Ansible only reads hosts, vars and children)",
+                        other.unwrap_or("?")
+                    ),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Depth of a group below `all` (the longest path, as Ansible counts it).
+    fn depth(&self, id: usize, seen: &mut Vec<usize>) -> usize {
+        if seen.contains(&id) {
+            return 0; // a cycle: Ansible refuses it; here it just stops the walk
+        }
+        seen.push(id);
+        let depth = self.groups[id]
+            .parents
+            .iter()
+            .map(|&p| self.depth(p, seen) + 1)
+            .max()
+            .unwrap_or(0);
+        seen.pop();
+        depth
+    }
+
+    fn ancestors(&self, id: usize, out: &mut Vec<usize>) {
+        if out.contains(&id) {
+            return;
+        }
+        out.push(id);
+        for &p in &self.groups[id].parents {
+            self.ancestors(p, out);
+        }
+    }
+
+    fn resolve_hosts(&self) -> Vec<Host> {
+        let mut hosts = Vec::with_capacity(self.host_order.len());
+        for (name, pos) in &self.host_order {
+            let mut member_of = Vec::new();
+            for (id, group) in self.groups.iter().enumerate() {
+                if group.hosts.iter().any(|(h, _)| h == name) {
+                    self.ancestors(id, &mut member_of);
+                }
+            }
+            let mut ordered: Vec<(usize, i64, &str, usize)> = member_of
+                .iter()
+                .map(|&id| {
+                    let group = &self.groups[id];
+                    let priority = group
+                        .vars
+                        .iter()
+                        .find(|(k, _)| k == "ansible_group_priority")
+                        .and_then(|(_, v)| match v.value {
+                            Value::Int(i) => Some(i),
+                            _ => None,
+                        })
+                        .unwrap_or(1);
+                    (
+                        self.depth(id, &mut Vec::new()),
+                        priority,
+                        group.name.as_str(),
+                        id,
+                    )
+                })
+                .collect();
+            ordered.sort();
+            let mut vars = Vars::new();
+            for &(_, _, _, id) in &ordered {
+                merge_vars(&mut vars, self.groups[id].vars.clone());
+            }
+            // Host variables last; a host listed under several groups merges them in file order.
+            for group in &self.groups {
+                for (_, host_vars) in group.hosts.iter().filter(|(h, _)| h == name) {
+                    merge_vars(&mut vars, host_vars.clone());
+                }
+            }
+            let groups = ordered
+                .iter()
+                .map(|&(_, _, n, _)| n.to_owned())
+                .filter(|n| n != "all")
+                .collect();
+            hosts.push(Host {
+                name: name.clone(),
+                at: at(self.file, *pos),
+                groups,
+                vars,
+            });
+        }
+        hosts
+    }
+}
+
+/// Ansible's default `hash_behaviour=replace`: a later definition replaces the whole value.
+fn merge_vars(into: &mut Vars, from: Vars) {
+    for (key, value) in from {
+        match into.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => into.push((key, value)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on an unexpected error"
+)]
+mod tests {
+    use super::*;
+
+    fn inv(src: &str) -> Inventory {
+        parse_inventory(src, "inv.yml").unwrap().0
+    }
+
+    #[test]
+    fn host_over_group_over_all() {
+        let i = inv(
+            "all:\n  vars: { a: all, b: all, c: all }\n  children:\n    g:\n      vars: { b: group, c: group }\n      hosts:\n        198.18.0.1: { c: host }\n",
+        );
+        let h = &i.hosts[0];
+        assert_eq!(h.var("a").unwrap().as_str(), Some("all"));
+        assert_eq!(h.var("b").unwrap().as_str(), Some("group"));
+        assert_eq!(h.var("c").unwrap().as_str(), Some("host"));
+        assert_eq!(h.groups, vec!["g".to_owned()]);
+    }
+
+    #[test]
+    fn child_group_beats_parent_and_siblings_go_by_name() {
+        let i = inv(
+            "all:\n  children:\n    parent:\n      vars: { x: parent, y: parent }\n      children:\n        kid:\n          vars: { x: kid }\n          hosts: { 198.18.0.1: }\n    zeta: { vars: { y: zeta }, hosts: { 198.18.0.1: } }\n    alpha: { vars: { y: alpha }, hosts: { 198.18.0.1: } }\n",
+        );
+        let h = &i.hosts[0];
+        assert_eq!(h.var("x").unwrap().as_str(), Some("kid"));
+        // parent, alpha and zeta are all at depth 1: sorted by name, zeta is applied last.
+        assert_eq!(h.var("y").unwrap().as_str(), Some("zeta"));
+    }
+
+    #[test]
+    fn hosts_keep_first_appearance_order() {
+        let i = inv(
+            "all:\n  children:\n    a: { hosts: { 198.18.0.3: , 198.18.0.1: } }\n    b: { hosts: { 198.18.0.2: , 198.18.0.3: } }\n",
+        );
+        let names: Vec<&str> = i.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["198.18.0.3", "198.18.0.1", "198.18.0.2"]);
+    }
+
+    #[test]
+    fn empty_inventories_are_errors() {
+        for src in [
+            "",
+            "all: {}\n",
+            "all:\n  children:\n    g: { vars: { a: 1 } }\n",
+        ] {
+            let err = parse_inventory(src, "inv.yml").unwrap_err();
+            assert!(matches!(err, ConfigError::Empty { .. }), "{src:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_file_line_column() {
+        let err = parse_inventory("all:\n  vars: [\n", "x.yml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("x.yml:"), "{text}");
+        assert!(matches!(err, ConfigError::Syntax { .. }));
+    }
+
+    #[test]
+    fn non_mapping_vars_are_located() {
+        let err = parse_inventory("all:\n  vars: [1, 2]\n", "x.yml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.yml:2:9: `all.vars` must be a mapping, found a list"
+        );
+    }
+
+    #[test]
+    fn unexpected_group_keys_are_warned() {
+        let (_, warnings) =
+            parse_inventory("all:\n  hostz: {}\n  hosts: { 198.18.0.1: }\n", "x.yml").unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].kind, WarningKind::UnexpectedKey);
+        assert!(
+            warnings[0]
+                .to_string()
+                .starts_with("x.yml:2:3: warning: unexpected key `hostz`")
+        );
+    }
+}

@@ -1,0 +1,486 @@
+//! A YAML tree that remembers where each node was written.
+//!
+//! serde_yaml forgets positions once a document is parsed, yet every inventory error has to point at
+//! file:line:column. This module builds its own small tree from yaml-rust2's marked events, and
+//! resolves plain scalars the way Ansible's loader (PyYAML, YAML 1.1) does, so `yes`/`on` are
+//! booleans and `0755` is octal — the values Pigsty's templates would see.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A 1-based line and column in the source text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: u32,
+    pub column: u32,
+}
+
+impl Pos {
+    fn from_marker(mark: Marker) -> Self {
+        Self {
+            line: u32::try_from(mark.line()).unwrap_or(u32::MAX),
+            // yaml-rust2 counts lines from 1 but columns from 0 (whatever its docs say); editors and
+            // compilers count both from 1.
+            column: u32::try_from(mark.col().saturating_add(1)).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// A node's value; mappings keep their keys' order (Ansible's host order depends on it).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+/// A value and where it starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub pos: Pos,
+}
+
+impl Node {
+    /// The YAML type name, for "expected X, found Y" messages.
+    pub fn type_name(&self) -> &'static str {
+        match self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a float",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// A scalar rendered as text, as Ansible does for mapping keys (host names, group names).
+    pub fn scalar_text(&self) -> Option<String> {
+        match &self.value {
+            Value::Null => Some(String::new()),
+            Value::Bool(b) => Some(if *b { "True" } else { "False" }.to_owned()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Str(s) => Some(s.clone()),
+            Value::Seq(_) | Value::Map(_) => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The value under `key` in a mapping.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.scalar_text().as_deref() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// The node as JSON, the shape JMESPath selectors are evaluated over.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A YAML syntax (or unsupported construct) error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.pos.line, self.pos.column, self.message)
+    }
+}
+
+/// A parsed document and what the loader noticed on the way (duplicate keys, last one wins).
+#[derive(Debug, Default)]
+pub struct Document {
+    /// `None` for an empty document.
+    pub root: Option<Node>,
+    pub duplicate_keys: Vec<(Pos, String)>,
+}
+
+/// Parses one YAML document.
+///
+/// # Errors
+/// A [`SyntaxError`] with the position the scanner stopped at, or for an alias to an unknown anchor.
+pub fn parse(source: &str) -> Result<Document, SyntaxError> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(source);
+    parser
+        .load(&mut builder, false)
+        .map_err(|err| SyntaxError {
+            pos: Pos::from_marker(*err.marker()),
+            message: err.info().to_owned(),
+        })?;
+    if let Some(err) = builder.error {
+        return Err(err);
+    }
+    Ok(Document {
+        root: builder.root,
+        duplicate_keys: builder.duplicate_keys,
+    })
+}
+
+/// An open collection while events stream in.
+enum Frame {
+    Seq {
+        anchor: usize,
+        pos: Pos,
+        items: Vec<Node>,
+    },
+    Map {
+        anchor: usize,
+        pos: Pos,
+        entries: Vec<(Node, Node)>,
+        pending_key: Option<Node>,
+    },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+    error: Option<SyntaxError>,
+    duplicate_keys: Vec<(Pos, String)>,
+}
+
+impl Builder {
+    fn push_node(&mut self, node: Node, anchor: usize) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map {
+                entries,
+                pending_key,
+                ..
+            }) => match pending_key.take() {
+                None => *pending_key = Some(node),
+                Some(key) => insert_entry(entries, key, node, &mut self.duplicate_keys),
+            },
+        }
+    }
+}
+
+/// Inserts a mapping entry; `<<` merges (PyYAML supports them, and Ansible inventories use them).
+fn insert_entry(
+    entries: &mut Vec<(Node, Node)>,
+    key: Node,
+    value: Node,
+    duplicates: &mut Vec<(Pos, String)>,
+) {
+    if key.as_str() == Some("<<") {
+        let sources: Vec<&Node> = match &value.value {
+            Value::Seq(items) => items.iter().collect(),
+            _ => vec![&value],
+        };
+        for source in sources {
+            for (k, v) in source.as_map().unwrap_or_default() {
+                let text = k.scalar_text();
+                // Explicit keys win over merged ones.
+                if !entries.iter().any(|(e, _)| e.scalar_text() == text) {
+                    entries.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        return;
+    }
+    let text = key.scalar_text();
+    if let Some(slot) = entries.iter_mut().find(|(k, _)| k.scalar_text() == text) {
+        duplicates.push((key.pos, text.unwrap_or_default()));
+        *slot = (key, value);
+    } else {
+        entries.push((key, value));
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        let pos = Pos::from_marker(mark);
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = resolve_scalar(text, style, tag.as_ref());
+                self.push_node(Node { value, pos }, anchor);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
+                anchor,
+                pos,
+                items: Vec::new(),
+            }),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                anchor,
+                pos,
+                entries: Vec::new(),
+                pending_key: None,
+            }),
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match self.stack.pop() {
+                    Some(Frame::Seq { anchor, pos, items }) => (
+                        Node {
+                            value: Value::Seq(items),
+                            pos,
+                        },
+                        anchor,
+                    ),
+                    Some(Frame::Map {
+                        anchor,
+                        pos,
+                        entries,
+                        ..
+                    }) => (
+                        Node {
+                            value: Value::Map(entries),
+                            pos,
+                        },
+                        anchor,
+                    ),
+                    None => return,
+                };
+                self.push_node(node, anchor);
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(node) => self.push_node(Node { pos, ..node }, 0),
+                None => {
+                    self.error = Some(SyntaxError {
+                        pos,
+                        message: "alias to an unknown anchor".to_owned(),
+                    });
+                }
+            },
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
+        }
+    }
+}
+
+/// YAML 1.1 resolution of a scalar, as PyYAML (and so Ansible) does it.
+fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Value {
+    if let Some(tag) = tag {
+        // `!!str`, and Ansible's `!unsafe`/`!vault`, keep the text; other core tags resolve as usual.
+        let core = tag.handle == "tag:yaml.org,2002:" || tag.handle == "!!";
+        if !core || !matches!(tag.suffix.as_str(), "int" | "float" | "bool" | "null") {
+            return Value::Str(text);
+        }
+    } else if style != TScalarStyle::Plain {
+        return Value::Str(text);
+    }
+    if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL") {
+        return Value::Null;
+    }
+    match text.as_str() {
+        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => {
+            return Value::Bool(true);
+        }
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => {
+            return Value::Bool(false);
+        }
+        _ => {}
+    }
+    if let Some(i) = parse_yaml11_int(&text) {
+        return Value::Int(i);
+    }
+    if let Some(f) = parse_yaml11_float(&text) {
+        return Value::Float(f);
+    }
+    Value::Str(text)
+}
+
+fn split_sign(text: &str) -> (bool, &str) {
+    match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    }
+}
+
+fn parse_yaml11_int(text: &str) -> Option<i64> {
+    let (negative, body) = split_sign(text);
+    let (radix, digits) = if let Some(hex) = body.strip_prefix("0x") {
+        (16, hex)
+    } else if let Some(bin) = body.strip_prefix("0b") {
+        (2, bin)
+    } else if body.len() > 1 && body.starts_with('0') {
+        (8, &body[1..])
+    } else {
+        (10, body)
+    };
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || !digits.chars().all(|c| c == '_' || c.is_digit(radix))
+    {
+        return None;
+    }
+    let cleaned: String = digits.chars().filter(|&c| c != '_').collect();
+    let magnitude = i64::from_str_radix(&cleaned, radix).ok()?;
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+fn parse_yaml11_float(text: &str) -> Option<f64> {
+    let (negative, body) = split_sign(text);
+    let sign = if negative { -1.0 } else { 1.0 };
+    match body {
+        ".inf" | ".Inf" | ".INF" => return Some(sign * f64::INFINITY),
+        ".nan" | ".NaN" | ".NAN" if text == body => return Some(f64::NAN),
+        _ => {}
+    }
+    // PyYAML 1.1 floats need a dot: `1e3` stays a string, `198.18.0.1` is not a number.
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.')?;
+    let digits_ok = |s: &str| s.chars().all(|c| c.is_ascii_digit() || c == '_');
+    if !digits_ok(int_part) || !digits_ok(frac_part) || int_part.starts_with('_') {
+        return None;
+    }
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    if let Some(exp) = exponent {
+        let (_, exp_digits) = split_sign(exp);
+        if !exp.starts_with(['+', '-']) || exp_digits.is_empty() || !digits_ok(exp_digits) {
+            return None;
+        }
+    }
+    let cleaned: String = body.chars().filter(|&c| c != '_').collect();
+    cleaned.parse::<f64>().ok().map(|f| sign * f)
+}
+
+#[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on an unexpected error"
+)]
+mod tests {
+    use super::*;
+
+    fn root(src: &str) -> Node {
+        parse(src).unwrap().root.unwrap()
+    }
+
+    #[test]
+    fn scalars_resolve_like_pyyaml() {
+        let doc = root(
+            "a: yes\nb: off\nc: 0755\nd: 0x1f\ne: 1.5\nf: 198.18.0.11\ng: '5'\nh: ~\ni: 1e3\nj: -4\n",
+        );
+        assert_eq!(doc.get("a").unwrap().value, Value::Bool(true));
+        assert_eq!(doc.get("b").unwrap().value, Value::Bool(false));
+        assert_eq!(doc.get("c").unwrap().value, Value::Int(0o755));
+        assert_eq!(doc.get("d").unwrap().value, Value::Int(31));
+        assert_eq!(doc.get("e").unwrap().value, Value::Float(1.5));
+        assert_eq!(
+            doc.get("f").unwrap().value,
+            Value::Str("198.18.0.11".into())
+        );
+        assert_eq!(doc.get("g").unwrap().value, Value::Str("5".into()));
+        assert_eq!(doc.get("h").unwrap().value, Value::Null);
+        assert_eq!(doc.get("i").unwrap().value, Value::Str("1e3".into()));
+        assert_eq!(doc.get("j").unwrap().value, Value::Int(-4));
+    }
+
+    #[test]
+    fn positions_are_one_based_line_and_column() {
+        let doc = root("all:\n  vars:\n    port: 5433\n    flow: { x: 1, y: 2 }\n");
+        let vars = doc.get("all").unwrap().get("vars").unwrap();
+        assert_eq!(
+            vars.get("port").unwrap().pos,
+            Pos {
+                line: 3,
+                column: 11
+            }
+        );
+        let flow = vars.get("flow").unwrap();
+        assert_eq!(
+            flow.get("y").unwrap().pos,
+            Pos {
+                line: 4,
+                column: 22
+            }
+        );
+        let key_pos = vars.as_map().unwrap()[1].0.pos;
+        assert_eq!(key_pos, Pos { line: 4, column: 5 });
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_position() {
+        let err = parse("all:\n  vars: {a: 1\n  b: 2\n").unwrap_err();
+        assert!(err.pos.line >= 2, "{err}");
+        assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_and_are_reported() {
+        let doc = parse("a: 1\nb: 2\na: 3\n").unwrap();
+        let root = doc.root.unwrap();
+        assert_eq!(root.get("a").unwrap().value, Value::Int(3));
+        assert_eq!(
+            doc.duplicate_keys,
+            vec![(Pos { line: 3, column: 1 }, "a".into())]
+        );
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge_keys() {
+        let doc = root("base: &b { x: 1, y: 2 }\nuse: { <<: *b, y: 3 }\nref: *b\n");
+        let used = doc.get("use").unwrap();
+        assert_eq!(used.get("x").unwrap().value, Value::Int(1));
+        assert_eq!(used.get("y").unwrap().value, Value::Int(3));
+        assert_eq!(
+            doc.get("ref").unwrap().get("y").unwrap().value,
+            Value::Int(2)
+        );
+    }
+
+    #[test]
+    fn empty_document_has_no_root() {
+        assert!(parse("").unwrap().root.is_none());
+        assert!(parse("# only a comment\n").unwrap().root.is_none());
+    }
+}
