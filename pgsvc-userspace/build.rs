@@ -21,6 +21,7 @@ use anyhow::{Context as _, anyhow, bail};
 
 const EBPF_PACKAGE: &str = "pgsvc-ebpf";
 const EBPF_BIN: &str = "pgsvc";
+const PASS_BIN: &str = "pgsvc-pass";
 const TARGET: &str = "bpfel-unknown-none";
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +34,7 @@ fn main() -> anyhow::Result<()> {
             "cargo:warning=AYA_BUILD_SKIP=1: the XDP program is not built; `pgsvc run` will refuse to start"
         );
         fs::write(&object, b"").context("writing the placeholder eBPF object")?;
+        fs::write(out_dir.join(PASS_BIN), b"").context("writing the placeholder eBPF object")?;
         return Ok(());
     }
     let manifest_dir = PathBuf::from(
@@ -102,8 +104,9 @@ fn main() -> anyhow::Result<()> {
             "building the XDP program failed (nightly + rust-src + bpf-linker needed: run `cargo xtask setup`)"
         );
     }
-    let built = target_dir.join(TARGET).join("release").join(EBPF_BIN);
-    copy(&built, &object)
+    let release = target_dir.join(TARGET).join("release");
+    copy(&release.join(EBPF_BIN), &object)?;
+    copy(&release.join(PASS_BIN), &out_dir.join(PASS_BIN))
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {

@@ -69,8 +69,8 @@ pub mod maps {
 pub mod programs {
     /// The load balancer.
     pub const LB: &str = "pgsvc_xdp";
-    /// A program that passes everything: attached to the peer of a veth so that native-mode `XDP_TX`
-    /// frames are delivered (veth drops them when the peer has no XDP program).
+    /// In the separate `pgsvc-pass` object: passes everything. Attached to the peer of a veth so that
+    /// native-mode `XDP_TX` frames are delivered (veth drops them when the peer has no XDP program).
     pub const PASS: &str = "pgsvc_pass";
 }
 

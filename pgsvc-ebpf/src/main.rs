@@ -58,13 +58,6 @@ pub fn pgsvc_xdp(ctx: XdpContext) -> u32 {
     verdict.action
 }
 
-/// Passes every packet: attached to the peer of a veth so that native-mode `XDP_TX` frames are
-/// delivered (veth drops frames redirected to a peer that runs no XDP program).
-#[xdp]
-pub fn pgsvc_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let pkt = parse::parse_ipv4_tcp(ctx)?;

@@ -2,6 +2,7 @@
 //! verification (packet tier), RAII guards for pins, namespaces and processes (netns tier).
 
 pub mod guard;
+pub mod netns;
 pub mod packet;
 
 /// True when running as root; otherwise prints why the calling test is skipped. CI runs as root,

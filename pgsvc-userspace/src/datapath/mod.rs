@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod neigh;
+pub mod pass;
 pub mod ring;
 pub mod xdp;
 

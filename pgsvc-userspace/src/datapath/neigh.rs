@@ -1,6 +1,7 @@
-//! Next-hop resolution for backends from the kernel's own tables (`/proc/net/route`,
-//! `/proc/net/arp`, `/sys/class/net`), read in the agent's network namespace. The result goes into
-//! `BACKENDS` so that the datapath rewrites MACs without a FIB lookup per packet.
+//! Next-hop resolution for backends from the kernel's own tables (`/proc/thread-self/net/route`,
+//! `.../arp`, and interface ioctls), read in the calling thread's network namespace (so that a thread
+//! moved into a namespace with setns sees that namespace, as `ip netns exec` would). The result goes
+//! into `BACKENDS` so that the datapath rewrites MACs without a FIB lookup per packet.
 
 use std::{fs, net::Ipv4Addr, net::UdpSocket};
 
@@ -17,30 +18,50 @@ const ATF_COM: u32 = 0x2;
 
 /// Resolves the next hop toward `addr`, or `None` when the route or the neighbour entry is missing.
 pub fn resolve(addr: Ipv4Addr) -> Option<NextHop> {
-    let routes = fs::read_to_string("/proc/net/route").ok()?;
+    let routes = fs::read_to_string("/proc/thread-self/net/route").ok()?;
     let (iface, gateway) = best_route(&routes, addr)?;
     let hop_addr = if gateway == Ipv4Addr::UNSPECIFIED {
         addr
     } else {
         gateway
     };
-    let arp = fs::read_to_string("/proc/net/arp").ok()?;
+    let arp = fs::read_to_string("/proc/thread-self/net/arp").ok()?;
     let mac = neighbour(&arp, hop_addr, &iface)?;
-    let ifindex = fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let src_mac = parse_mac(
-        fs::read_to_string(format!("/sys/class/net/{iface}/address"))
-            .ok()?
-            .trim(),
-    )?;
-    Some(NextHop {
-        ifindex,
-        mac,
-        src_mac,
-    })
+    let (ifindex, src_mac) = interface(&iface)?;
+    Some(NextHop { ifindex, mac, src_mac })
+}
+
+/// Index and MAC address of an interface in the calling thread's namespace.
+pub fn interface(name: &str) -> Option<(u32, [u8; 6])> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return None;
+    }
+    // SAFETY: a datagram socket for the ioctl, closed below; `ifr` is zeroed and the name fits
+    // (interface names are at most 15 bytes).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+            ifr.ifr_name[i] = b as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr);
+        libc::close(fd);
+        if rc != 0 {
+            return None;
+        }
+        let data = ifr.ifr_ifru.ifru_hwaddr.sa_data;
+        let mut mac = [0u8; 6];
+        for (i, m) in mac.iter_mut().enumerate() {
+            *m = data[i] as u8;
+        }
+        Some((ifindex, mac))
+    }
 }
 
 /// Makes the kernel resolve the neighbour toward `addr` (a datagram to the discard port; its loss

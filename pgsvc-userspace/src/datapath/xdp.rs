@@ -302,7 +302,7 @@ impl XdpDatapath {
             .map_max_entries(map_names::NAT_REV, opts.max_flows)
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for name in [programs::LB, programs::PASS] {
+        for name in [programs::LB] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::MissingMap { map: "program" })?
@@ -777,6 +777,25 @@ impl XdpDatapath {
             next_hop_mac,
             src_mac,
         }
+    }
+
+    /// Asks the kernel to resolve every backend's neighbour and waits (bounded) until all are known,
+    /// then writes them. Saves the first clients a SYN retransmission.
+    pub fn warm_next_hops(&mut self, timeout: std::time::Duration) -> Result<usize, DatapathError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let missing = self
+                .services
+                .values()
+                .flat_map(|s| s.backends.values())
+                .filter(|b| self.resolve_hop(b.spec.addr).is_none())
+                .count();
+            if missing == 0 || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.refresh_next_hops()
     }
 
     /// Re-resolves next hops of every backend and rewrites those that changed. Called periodically:
