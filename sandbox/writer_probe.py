@@ -3,7 +3,8 @@
 
   writer_probe.py run --host 198.18.0.2 --port 5433 [--out FILE] [--duration S] [--interval 0.05]
       Every interval opens a NEW connection, inserts one row into `probe` (recording which node took it:
-      inet_server_addr(), pg_is_in_recovery()) and commits; one JSON line per attempt:
+      inet_server_addr(), pg_is_in_recovery()), the whole attempt bounded by --timeout (1 s) of wall
+      time, so a hanging connection costs at most that much resolution; one JSON line per attempt:
       {"seq", "t0", "t1", "ok", "addr", "in_recovery", "id", "err"}  (t0/t1: epoch seconds).
       Runs until --duration elapses or SIGINT/SIGTERM.
   writer_probe.py aggregate DIR [--label TEXT]
@@ -23,13 +24,13 @@ sandbox's test user.
 
 import argparse
 import json
+import select
 import signal
 import sys
 import time
 
 INSERT = (
-    "SET LOCAL statement_timeout = {ms};"
-    " INSERT INTO probe(run, seq, client_ts, server_addr, in_recovery)"
+    "INSERT INTO probe(run, seq, client_ts, server_addr, in_recovery)"
     " VALUES (%s, %s, to_timestamp(%s), inet_server_addr(), pg_is_in_recovery())"
     " RETURNING id, host(server_addr), in_recovery"
 )
@@ -38,20 +39,53 @@ INSERT = (
 def dsn(a, host, port):
     return (
         f"host={host} port={port} user={a.user} password={a.password} dbname={a.dbname}"
-        f" connect_timeout={a.connect_timeout} tcp_user_timeout={int(a.timeout * 1000)}"
-        " keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=2"
+        f" connect_timeout={max(2, int(a.timeout + 0.999))}"
     )
 
 
-def cmd_run(a):
+def wait_ready(conn, deadline):
+    """Drives an asynchronous psycopg2 connection until its current operation completes or the deadline."""
+    import psycopg2.extensions as ext
+
+    while True:
+        state = conn.poll()
+        if state == ext.POLL_OK:
+            return
+        left = deadline - time.time()
+        if left <= 0:
+            raise TimeoutError("no answer within the attempt timeout")
+        if state == ext.POLL_READ:
+            select.select([conn.fileno()], [], [], left)
+        elif state == ext.POLL_WRITE:
+            select.select([], [conn.fileno()], [], left)
+        else:
+            raise RuntimeError(f"unexpected poll state {state}")
+
+
+def attempt(conninfo, run_id, seq, t0, timeout):
+    """One write on a new connection (autocommit: the INSERT is its own transaction), all of it —
+    connect, authentication through any pooler, commit — bounded by `timeout` seconds of wall time.
+    A write whose acknowledgement did not arrive in time counts as failed even if it committed."""
     import psycopg2
 
+    deadline = t0 + timeout
+    conn = psycopg2.connect(conninfo, async_=1)
+    try:
+        wait_ready(conn, deadline)
+        cur = conn.cursor()
+        cur.execute(INSERT, (run_id, seq, t0))
+        wait_ready(conn, deadline)
+        return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def cmd_run(a):
     stop = []
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: stop.append(1))
     out = open(a.out, "a", buffering=1) if a.out else sys.stdout
     run_id = a.run_id or f"probe-{int(time.time())}"
-    sql = INSERT.format(ms=int(a.timeout * 1000))
     conninfo = dsn(a, a.host, a.port)
     t_end = time.time() + a.duration if a.duration else None
     next_t = time.time()
@@ -60,22 +94,11 @@ def cmd_run(a):
         seq += 1
         t0 = time.time()
         rec = {"run": run_id, "seq": seq, "t0": round(t0, 4)}
-        conn = None
         try:
-            conn = psycopg2.connect(conninfo)
-            with conn.cursor() as cur:
-                cur.execute(sql, (run_id, seq, t0))
-                row_id, addr, in_rec = cur.fetchone()
-            conn.commit()
+            row_id, addr, in_rec = attempt(conninfo, run_id, seq, t0, a.timeout)
             rec.update(ok=True, id=row_id, addr=addr, in_recovery=in_rec)
         except Exception as e:  # noqa: BLE001 - every failure is data here
             rec.update(ok=False, err=" ".join(str(e).split())[:200])
-        finally:
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
         rec["t1"] = round(time.time(), 4)
         out.write(json.dumps(rec) + "\n")
         next_t += a.interval
@@ -305,8 +328,9 @@ def main():
     p.add_argument("--user", default="dbuser_test")
     p.add_argument("--password", default="DBUser.Test")
     p.add_argument("--dbname", default="test")
-    p.add_argument("--connect-timeout", type=int, default=1, help="libpq connect_timeout, seconds")
-    p.add_argument("--timeout", type=float, default=1.0, help="statement and TCP user timeout, seconds")
+    p.add_argument(
+        "--timeout", type=float, default=1.0, help="wall-time limit of one attempt (connect + write), seconds"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--host", required=True)

@@ -3,7 +3,7 @@
 //! first FIN or RST either way (counters drop then, exactly once), and removed by the agent's GC or
 //! when the datapath resets them.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use pgsvc_common::{
     BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason, SNAT_TRIES,
     SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_ACK, TCP_F_FIN, TCP_F_RST,
@@ -13,7 +13,7 @@ use pgsvc_ebpf::hash;
 
 use crate::{
     Verdict, atomic,
-    maps::{BACKENDS, FLOWS, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE, SVC_TABLE},
+    maps::{self, BACKENDS, FLOWS, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE, SVC_TABLE},
     nat::{self, Tuple},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
     rst, select, stats, xmit,
@@ -22,10 +22,10 @@ use crate::{
 /// `last_seen` is refreshed at most this often (keeps established packets from dirtying the entry).
 const TOUCH_NS: u64 = 1_000_000_000;
 
+/// The agent-maintained clock (see `Config::now_ns`).
 #[inline(always)]
 fn now() -> u64 {
-    // SAFETY: plain helper call.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    crate::maps::CONFIG.get(0).map_or(0, |c| c.now_ns)
 }
 
 #[inline(always)]
@@ -46,13 +46,15 @@ fn tcp_bits(flags: u8) -> u8 {
     b
 }
 
-/// Client → service packet.
+/// Client → service packet, on a port where some service listens. The flow table is consulted
+/// first: an established flow already knows its service, so the common case costs one hash lookup.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Pkt, cfg: &Config, svc_id: u32) -> Result<Verdict, Reason> {
-    let svc = SVC_STATE.get(svc_id).ok_or(Reason::PassNotService)?;
-    if svc.flags & SVC_F_ACTIVE == 0 {
-        return Err(Reason::PassNotService);
-    }
+pub fn forward(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    cfg: &Config,
+    port_flags: u8,
+) -> Result<Verdict, Reason> {
     let key = FlowKey {
         client_addr: pkt.saddr,
         vip: pkt.daddr,
@@ -64,10 +66,17 @@ pub fn forward(ctx: &XdpContext, pkt: &Pkt, cfg: &Config, svc_id: u32) -> Result
         // SAFETY: hash map value; fields other than `closing` are written by this flow's packets only.
         let flow = unsafe { &mut *flow };
         if !(syn && flow.closing != 0) {
+            let svc = SVC_STATE.get(flow.svc_id).ok_or(Reason::PassNotService)?;
             return established(ctx, pkt, svc, &key, flow);
         }
         // A new connection reusing the 4-tuple of a finished one: forget the old translation.
         remove_flow(&key, flow, cfg);
+    }
+    let svc_id =
+        maps::lookup_service(pkt.daddr, pkt.dport, port_flags).ok_or(Reason::PassNotService)?;
+    let svc = SVC_STATE.get(svc_id).ok_or(Reason::PassNotService)?;
+    if svc.flags & SVC_F_ACTIVE == 0 {
+        return Err(Reason::PassNotService);
     }
     if !syn {
         if let Some(s) = stats::service(svc_id) {

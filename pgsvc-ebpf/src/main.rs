@@ -62,8 +62,9 @@ pub fn pgsvc_xdp(ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let pkt = parse::parse_ipv4_tcp(ctx)?;
     let cfg = config()?;
-    if let Some(svc_id) = maps::lookup_service(pkt.daddr, pkt.dport) {
-        return conntrack::forward(ctx, &pkt, cfg, svc_id);
+    let port_flags = maps::port_flags(pkt.dport);
+    if port_flags != 0 {
+        return conntrack::forward(ctx, &pkt, cfg, port_flags);
     }
     if svc_is_snat_target(&pkt, cfg) {
         return conntrack::reverse(ctx, &pkt);

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use pgsvc_common::{
     Backend, BackendSet, Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, IPPROTO_TCP,
-    MAX_BACKENDS, MAX_SERVICES, NatKey, NatRev, Reason, ServiceKey, ServiceRuntime, ServiceState,
-    TrafficStats,
+    MAX_BACKENDS, MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD, Reason, ServiceKey,
+    ServiceRuntime, ServiceState, TrafficStats,
 };
 
 /// Global settings (one entry).
@@ -69,18 +69,36 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::pinned(MAX_BA
 #[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 
-/// Exact (address, port) first, then the wildcard.
+/// Per destination port (host order): `PORT_F_*` — whether any service listens there, so that
+/// traffic to other ports (replication, ssh, the agent's own checks) passes after one array read.
+#[map]
+pub static PORTS: Array<u8> = Array::pinned(65536, 0);
+
 #[inline(always)]
-pub fn lookup_service(daddr: u32, dport: u16) -> Option<u32> {
+pub fn port_flags(dport: u16) -> u8 {
+    PORTS
+        .get(u32::from(u16::from_be(dport)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Exact (address, port) first, then the wildcard — each only where `PORTS` says one exists.
+#[inline(always)]
+pub fn lookup_service(daddr: u32, dport: u16, port_flags: u8) -> Option<u32> {
     let mut key = ServiceKey {
         addr: daddr,
         port: dport,
         proto: IPPROTO_TCP,
         _pad: 0,
     };
-    // SAFETY: the value is a plain u32 copied out before the next helper call.
-    if let Some(id) = unsafe { SERVICES.get(&key) } {
-        return Some(*id);
+    if port_flags & PORT_F_EXACT != 0 {
+        // SAFETY: the value is a plain u32 copied out before the next helper call.
+        if let Some(id) = unsafe { SERVICES.get(&key) } {
+            return Some(*id);
+        }
+    }
+    if port_flags & PORT_F_WILDCARD == 0 {
+        return None;
     }
     key.addr = 0;
     unsafe { SERVICES.get(&key) }.copied()

@@ -59,7 +59,10 @@ impl<S: 'static> NsWorker<S> {
             Ok(Err(e)) => panic!("{e}"),
             Err(_) => panic!("namespace worker died while starting"),
         }
-        Self { tx: Some(tx), handle: Some(handle) }
+        Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     /// Runs `f` on the worker thread and returns its result.
@@ -68,7 +71,11 @@ impl<S: 'static> NsWorker<S> {
         let job: Job<S> = Box::new(move |s| {
             let _ = rtx.send(f(s));
         });
-        self.tx.as_ref().expect("worker running").send(job).expect("worker alive");
+        self.tx
+            .as_ref()
+            .expect("worker running")
+            .send(job)
+            .expect("worker alive");
         rrx.recv().expect("worker job panicked")
     }
 }
@@ -106,12 +113,19 @@ impl Topology {
         for (i, (tag, addr)) in hosts.iter().enumerate() {
             let ns = NetNs::new(tag);
             let port = format!("p{i}");
-            sh(&["ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port, "netns", &sw.name]);
+            sh(&[
+                "ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name",
+                &port, "netns", &sw.name,
+            ]);
             sw.exec(&["ip", "link", "set", &port, "master", "br0", "up"]);
             ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             ns.exec(&["ip", "link", "set", "eth0", "up"]);
             ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-            out.push(Host { ns, addr: *addr, port });
+            out.push(Host {
+                ns,
+                addr: *addr,
+                port,
+            });
         }
         Self { sw, hosts: out }
     }
@@ -140,12 +154,16 @@ impl NameServer {
         let worker = NsWorker::start(ns, || ());
         let (stop2, name) = (stop.clone(), name.to_owned());
         worker.run(move |_| {
-            let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+            let listener =
+                TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
             listener.set_nonblocking(true).expect("nonblocking");
             // Threads spawned here inherit this thread's namespace.
             std::thread::spawn(move || serve(listener, &name, &stop2));
         });
-        Self { stop, _worker: worker }
+        Self {
+            stop,
+            _worker: worker,
+        }
     }
 }
 
@@ -212,7 +230,12 @@ impl Conn {
             .next()
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| std::io::Error::other(format!("bad greeting {line:?}")))?;
-        Ok(Self { stream, server, peer_seen, reader })
+        Ok(Self {
+            stream,
+            server,
+            peer_seen,
+            reader,
+        })
     }
 
     /// Sends `data` and reads the echo back.
@@ -226,7 +249,10 @@ impl Conn {
     /// Closes with a RST (SO_LINGER 0), leaving no TIME_WAIT behind: the same source port can
     /// connect again at once.
     pub fn abort(self) {
-        let l = libc::linger { l_onoff: 1, l_linger: 0 };
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: setsockopt on our own socket with a valid struct.
         unsafe {
             libc::setsockopt(
@@ -248,9 +274,18 @@ fn connect_from(to: SocketAddr, port: u16) -> std::io::Result<TcpStream> {
             return Err(std::io::Error::last_os_error());
         }
         let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&raw const one).cast(), 4);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            4,
+        );
         // Bounds connect(2) too.
-        let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
@@ -265,17 +300,31 @@ fn connect_from(to: SocketAddr, port: u16) -> std::io::Result<TcpStream> {
             sin_zero: [0; 8],
         };
         let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        if libc::bind(fd, (&raw const local).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) != 0 {
+        if libc::bind(
+            fd,
+            (&raw const local).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
-        let SocketAddr::V4(v4) = to else { return Err(std::io::Error::other("IPv4 only")) };
+        let SocketAddr::V4(v4) = to else {
+            return Err(std::io::Error::other("IPv4 only"));
+        };
         let remote = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
             sin_zero: [0; 8],
         };
-        if libc::connect(fd, (&raw const remote).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) != 0 {
+        if libc::connect(
+            fd,
+            (&raw const remote).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         Ok(stream)

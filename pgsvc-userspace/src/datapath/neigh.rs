@@ -28,7 +28,11 @@ pub fn resolve(addr: Ipv4Addr) -> Option<NextHop> {
     let arp = fs::read_to_string("/proc/thread-self/net/arp").ok()?;
     let mac = neighbour(&arp, hop_addr, &iface)?;
     let (ifindex, src_mac) = interface(&iface)?;
-    Some(NextHop { ifindex, mac, src_mac })
+    Some(NextHop {
+        ifindex,
+        mac,
+        src_mac,
+    })
 }
 
 /// Index and MAC address of an interface in the calling thread's namespace.

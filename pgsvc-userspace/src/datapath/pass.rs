@@ -34,19 +34,30 @@ impl PassProgram {
             .program_mut(programs::PASS)
             .ok_or(DatapathError::MissingMap { map: "program" })?
             .try_into()
-            .map_err(|e| DatapathError::Program { program: programs::PASS, source: Box::new(e) })?;
-        prog.load().map_err(|e| DatapathError::Program { program: programs::PASS, source: Box::new(e) })?;
-        let (ifindex, _) = super::neigh::interface(iface)
-            .ok_or_else(|| DatapathError::NoInterface { iface: iface.to_owned() })?;
-        let id = prog.attach_to_if_index(ifindex, XdpMode::Driver).map_err(|e| DatapathError::Attach {
-            iface: iface.to_owned(),
-            mode: "native",
+            .map_err(|e| DatapathError::Program {
+                program: programs::PASS,
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| DatapathError::Program {
+            program: programs::PASS,
             source: Box::new(e),
         })?;
+        let (ifindex, _) =
+            super::neigh::interface(iface).ok_or_else(|| DatapathError::NoInterface {
+                iface: iface.to_owned(),
+            })?;
+        let id = prog
+            .attach_to_if_index(ifindex, XdpMode::Driver)
+            .map_err(|e| DatapathError::Attach {
+                iface: iface.to_owned(),
+                mode: "native",
+                source: Box::new(e),
+            })?;
         if let Some(pin) = pin {
-            let link = prog
-                .take_link(id)
-                .map_err(|e| DatapathError::Program { program: programs::PASS, source: Box::new(e) })?;
+            let link = prog.take_link(id).map_err(|e| DatapathError::Program {
+                program: programs::PASS,
+                source: Box::new(e),
+            })?;
             let fd = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
                 what: "pass link",
                 path: pin.to_path_buf(),
@@ -58,7 +69,10 @@ impl PassProgram {
                 reason: e.to_string(),
             })?;
         }
-        Ok(Self { _ebpf: ebpf, pin: pin.map(Path::to_path_buf) })
+        Ok(Self {
+            _ebpf: ebpf,
+            pin: pin.map(Path::to_path_buf),
+        })
     }
 
     /// Where the link is pinned, if it is.
@@ -70,4 +84,43 @@ impl PassProgram {
 /// Detaches a pass program pinned by [`PassProgram::attach`].
 pub fn unpin(pin: &Path) -> std::io::Result<()> {
     std::fs::remove_file(pin)
+}
+
+/// Runs the pass program over `frame` with `BPF_PROG_TEST_RUN` and returns the kernel's mean time
+/// per run: the floor of what any XDP program costs in this harness (benchmarks report it beside
+/// the load balancer's own figures).
+///
+/// # Errors
+/// Missing object or a refused load/run.
+pub fn baseline_run(frame: &[u8], repeat: u32) -> Result<std::time::Duration, DatapathError> {
+    use aya::programs::{TestRun, TestRunOptions};
+    if PASS_OBJECT.is_empty() {
+        return Err(DatapathError::NoObject);
+    }
+    let mut ebpf = Ebpf::load(PASS_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(programs::PASS)
+        .ok_or(DatapathError::MissingMap { map: "program" })?
+        .try_into()
+        .map_err(|e| DatapathError::Program {
+            program: programs::PASS,
+            source: Box::new(e),
+        })?;
+    prog.load().map_err(|e| DatapathError::Program {
+        program: programs::PASS,
+        source: Box::new(e),
+    })?;
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
+        .map_err(|e| DatapathError::Program {
+            program: programs::PASS,
+            source: Box::new(e),
+        })?;
+    Ok(r.duration)
 }

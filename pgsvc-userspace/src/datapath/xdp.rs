@@ -24,8 +24,9 @@ use aya::{
 use pgsvc_common::{
     ABI_VERSION, Algorithm, BE_F_ALLOCATED, BE_F_UP, Backend, BackendSet, CFG_F_FIB_FALLBACK,
     Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, IPPROTO_TCP, MAX_ACTIVE, MAX_BACKENDS,
-    MAX_SERVICES, NatKey, NatRev, Reason, SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceKey,
-    ServiceRuntime, ServiceState, TCP_F_ACK, TrafficStats, maps as map_names, programs,
+    MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD, Reason, SVC_F_ACTIVE,
+    SVC_F_SHUTDOWN_SESSIONS, ServiceKey, ServiceRuntime, ServiceState, TCP_F_ACK, TrafficStats,
+    maps as map_names, programs,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -192,6 +193,7 @@ struct Maps {
     svc_runtime: Array<MapData, ServiceRuntime>,
     svc_table: Array<MapData, BackendSet>,
     svc_released: Array<MapData, i64>,
+    ports: Array<MapData, u8>,
     backends: Array<MapData, Backend>,
     backend_conns: Array<MapData, i64>,
     backend_released: Array<MapData, i64>,
@@ -239,6 +241,8 @@ pub struct XdpDatapath {
     adopted: bool,
     /// Next hops set by hand (tests; hosts whose neighbours the agent cannot read).
     static_hops: StdHashMap<Ipv4Addr, NextHop>,
+    /// When this agent loaded (monotonic coarse ns).
+    started_ns: u64,
 }
 
 /// The outcome of one `BPF_PROG_TEST_RUN`.
@@ -323,6 +327,7 @@ impl XdpDatapath {
             svc_runtime: take(&mut ebpf, map_names::SVC_RUNTIME)?,
             svc_table: take(&mut ebpf, map_names::SVC_TABLE)?,
             svc_released: take(&mut ebpf, map_names::SVC_RELEASED)?,
+            ports: take(&mut ebpf, map_names::PORTS)?,
             backends: take(&mut ebpf, map_names::BACKENDS)?,
             backend_conns: take(&mut ebpf, map_names::BACKEND_CONNS)?,
             backend_released: take(&mut ebpf, map_names::BACKEND_RELEASED)?,
@@ -345,6 +350,7 @@ impl XdpDatapath {
             attachments: Vec::new(),
             adopted,
             static_hops: StdHashMap::new(),
+            started_ns: monotonic_coarse_ns(),
         };
         dp.scan_slots()?;
         dp.write_config()?;
@@ -446,11 +452,20 @@ impl XdpDatapath {
             } else {
                 0
             },
+            now_ns: monotonic_coarse_ns(),
         };
         self.maps
             .config
             .set(0, cfg, 0)
             .map_err(map_err(map_names::CONFIG, "write"))
+    }
+
+    /// Advances the datapath's clock (`Config::now_ns`); the agent calls this every second.
+    ///
+    /// # Errors
+    /// When the config map cannot be written.
+    pub fn tick(&mut self) -> Result<(), DatapathError> {
+        self.write_config()
     }
 
     fn lb_program(&mut self) -> Result<&mut Xdp, DatapathError> {
@@ -631,6 +646,12 @@ impl XdpDatapath {
                 && stale_services.contains(&id)
             {
                 let _ = self.maps.services.remove(&key);
+            }
+        }
+        for port in 0..=u16::MAX {
+            let want = self.services.values().any(|e| e.spec.port == port);
+            if !want && self.maps.ports.get(&u32::from(port), 0).unwrap_or(0) != 0 {
+                self.write_port_flags(port)?;
             }
         }
         for id in stale_services {
@@ -893,6 +914,7 @@ impl XdpDatapath {
     /// # Errors
     /// Only when the released counters cannot be written.
     pub fn gc(&mut self, t: &Timeouts) -> Result<GcReport, DatapathError> {
+        self.write_config()?;
         let now = monotonic_coarse_ns();
         let snat = u32::from_ne_bytes(self.opts.snat_addr.octets());
         let mut report = GcReport::default();
@@ -908,7 +930,11 @@ impl XdpDatapath {
                 snat_port: flow.snat_port,
             };
             let rev = self.maps.nat_rev.get(&nat_key, 0).ok();
-            let last = rev.map_or(flow.last_seen_ns, |r| r.last_seen_ns.max(flow.last_seen_ns));
+            // The clock stands still while no agent runs: activity during that time is stamped with
+            // the moment it stopped, so idleness is never counted from before this agent started.
+            let last = rev
+                .map_or(flow.last_seen_ns, |r| r.last_seen_ns.max(flow.last_seen_ns))
+                .max(self.started_ns);
             let idle = now.saturating_sub(last);
             let epoch = self
                 .maps
@@ -1117,6 +1143,14 @@ impl Datapath for XdpDatapath {
                 backends,
             },
         );
+        self.write_port_flags(spec.port)?;
+        if let Some(p) = old_keys
+            .first()
+            .map(|k| u16::from_be(k.port))
+            .filter(|p| *p != spec.port)
+        {
+            self.write_port_flags(p)?;
+        }
         Ok(())
     }
 
@@ -1153,6 +1187,7 @@ impl Datapath for XdpDatapath {
         self.flush_flows_of(&flushed);
         self.free_backends.extend(flushed);
         self.free_services.push(entry.id);
+        self.write_port_flags(entry.spec.port)?;
         info!(service = name, "service removed");
         Ok(())
     }
@@ -1303,6 +1338,22 @@ impl XdpDatapath {
         }
         self.free_backends.extend(freed);
         Ok(())
+    }
+
+    /// Recomputes `PORTS[port]` from the services that listen there.
+    fn write_port_flags(&mut self, port: u16) -> Result<(), DatapathError> {
+        let mut flags = 0u8;
+        for e in self.services.values().filter(|e| e.spec.port == port) {
+            flags |= if e.spec.addrs.is_empty() {
+                PORT_F_WILDCARD
+            } else {
+                PORT_F_EXACT
+            };
+        }
+        self.maps
+            .ports
+            .set(u32::from(port), flags, 0)
+            .map_err(map_err(map_names::PORTS, "write"))
     }
 
     fn previous_up(&self, id: u32) -> bool {
