@@ -110,6 +110,25 @@ def cmd_leader(a):
     return 0
 
 
+def cmd_check_cluster(a):
+    """One leader answering /primary, every other member a running replica that streams, and every
+    member's pgbouncer serving queries from its own node."""
+    leaders = 0
+    for _, addr in members(a.members):
+        code, body = rest(addr, "/patroni")
+        if code is None or not isinstance(body, dict) or body.get("state") != "running":
+            return 1
+        if body.get("role") == "primary":
+            if rest(addr, "/primary")[0] != 200:
+                return 1
+            leaders += 1
+        elif body.get("role") != "replica" or body.get("replication_state") != "streaming":
+            return 1
+        if not pgbouncer_ok(addr):
+            return 1
+    return 0 if leaders == 1 else 1
+
+
 def pgbouncer_ok(addr):
     try:
         conn = connect(addr, 6432)
@@ -200,6 +219,9 @@ def main():
     s = sub.add_parser("leader")
     s.add_argument("members", nargs="+", help="name=addr")
     s.set_defaults(fn=cmd_leader)
+    s = sub.add_parser("check-cluster")
+    s.add_argument("members", nargs="+", help="name=addr")
+    s.set_defaults(fn=cmd_check_cluster)
     s = sub.add_parser("status")
     s.add_argument("--json", action="store_true")
     s.add_argument("members", nargs="+", help="name=addr")

@@ -62,7 +62,7 @@ pub fn forward(
         vport: pkt.dport,
     };
     let syn = pkt.flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
-    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: hash map value; fields other than `closing` are written by this flow's packets only.
         let flow = unsafe { &mut *flow };
         if !(syn && flow.closing != 0) {
@@ -102,7 +102,7 @@ fn established(
     let down = svc.flags & SVC_F_SHUTDOWN_SESSIONS != 0 && be.flags & BE_F_UP == 0;
     if gone || down {
         close_flow(flow);
-        let _ = NAT_REV.remove(&nat_key_of(flow));
+        let _ = NAT_REV.remove(nat_key_of(flow));
         let _ = FLOWS.remove(key);
         if let Some(s) = stats::backend(flow.backend_id) {
             s.rst_sent += 1;
@@ -228,9 +228,9 @@ fn admit(
         closing: 0,
         last_seen_ns: t,
     };
-    if FLOWS.insert(key, &flow, u64::from(BPF_NOEXIST)).is_err() {
+    if FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)).is_err() {
         // Another CPU created this flow from a retransmitted SYN first: follow its choice.
-        let _ = NAT_REV.remove(&nat_key_of(&flow));
+        let _ = NAT_REV.remove(nat_key_of(&flow));
         return match FLOWS.get_ptr_mut(key) {
             // SAFETY: as in `forward`.
             Some(f) => established(ctx, pkt, svc, key, unsafe { &mut *f }),
@@ -284,7 +284,7 @@ fn alloc_snat_port(cfg: &Config, be: &Backend, rev: &NatRev, h: u32) -> Result<u
             backend_port: be.port,
             snat_port: port.to_be(),
         };
-        if NAT_REV.insert(&key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+        if NAT_REV.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
             return Ok(port.to_be());
         }
         i += 1;
@@ -330,7 +330,7 @@ fn close_flow(flow: &mut Flow) {
 #[inline(always)]
 fn remove_flow(key: &FlowKey, flow: &mut Flow, _cfg: &Config) {
     close_flow(flow);
-    let _ = NAT_REV.remove(&nat_key_of(flow));
+    let _ = NAT_REV.remove(nat_key_of(flow));
     let _ = FLOWS.remove(key);
 }
 
@@ -343,7 +343,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Pkt) -> Result<Verdict, Reason> {
         backend_port: pkt.sport,
         snat_port: pkt.dport,
     };
-    let rev = NAT_REV.get_ptr_mut(&key).ok_or(Reason::PassNoNat)?;
+    let rev = NAT_REV.get_ptr_mut(key).ok_or(Reason::PassNoNat)?;
     // SAFETY: hash map value, written by this flow's reverse packets only.
     let rev = unsafe { &mut *rev };
     let t = now();
@@ -361,7 +361,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Pkt) -> Result<Verdict, Reason> {
             client_port: rev.client_port,
             vport: rev.vport,
         };
-        if let Some(flow) = FLOWS.get_ptr_mut(&fkey) {
+        if let Some(flow) = FLOWS.get_ptr_mut(fkey) {
             // SAFETY: as in `forward`.
             close_flow(unsafe { &mut *flow });
         }

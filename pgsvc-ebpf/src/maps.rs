@@ -93,7 +93,7 @@ pub fn lookup_service(daddr: u32, dport: u16, port_flags: u8) -> Option<u32> {
     };
     if port_flags & PORT_F_EXACT != 0 {
         // SAFETY: the value is a plain u32 copied out before the next helper call.
-        if let Some(id) = unsafe { SERVICES.get(&key) } {
+        if let Some(id) = unsafe { SERVICES.get(key) } {
             return Some(*id);
         }
     }
@@ -101,5 +101,5 @@ pub fn lookup_service(daddr: u32, dport: u16, port_flags: u8) -> Option<u32> {
         return None;
     }
     key.addr = 0;
-    unsafe { SERVICES.get(&key) }.copied()
+    unsafe { SERVICES.get(key) }.copied()
 }

@@ -67,7 +67,7 @@ pub fn parse_ipv4_tcp(ctx: &XdpContext) -> Result<Pkt, Reason> {
         return Err(Reason::PassNotIpv4);
     }
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    if ihl < Ipv4Hdr::LEN || ihl > 60 {
+    if !(Ipv4Hdr::LEN..=60).contains(&ihl) {
         return Err(Reason::PassTruncated);
     }
     // MF set or a non-zero offset: a fragment. Only the first one carries ports; none is ours.

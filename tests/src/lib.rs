@@ -1,6 +1,7 @@
 //! Shared helpers of pgsvc's integration tests: packet building and independent checksum
 //! verification (packet tier), RAII guards for pins, namespaces and processes (netns tier).
 
+pub mod agent_rig;
 pub mod guard;
 pub mod netns;
 pub mod packet;

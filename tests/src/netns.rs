@@ -214,6 +214,31 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Connects with a short connect timeout (for polling loops) and reads the greeting.
+    pub fn open_timeout(to: SocketAddr, timeout: Duration) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&to, timeout)?;
+        Self::greet(stream)
+    }
+
+    fn greet(stream: TcpStream) -> std::io::Result<Self> {
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let mut parts = line.split_whitespace();
+        let server = parts.next().unwrap_or_default().to_owned();
+        let peer_seen = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad greeting {line:?}")))?;
+        Ok(Self {
+            stream,
+            server,
+            peer_seen,
+            reader,
+        })
+    }
+
     /// Connects (from `local_port` if given) and reads the greeting.
     pub fn open(to: SocketAddr, local_port: Option<u16>) -> std::io::Result<Self> {
         let stream = match local_port {

@@ -433,3 +433,56 @@ fn round_robin_is_exact_and_a_retransmitted_syn_keeps_its_backend() {
     assert_eq!(again.dst, picks[0]);
     assert_eq!(r.dp.flow_count(), 10);
 }
+
+#[test]
+fn gc_removes_closed_and_unanswered_flows_and_keeps_live_ones() {
+    use pgsvc::datapath::Timeouts;
+    let Some(mut r) = rig(
+        "gc",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    // A: answered and alive.
+    let a = r.syn(35000);
+    let mut synack = Tcp::new((B1, 6432), (LB, a.sport), SYN | ACK);
+    synack.src_mac = BACKEND_MAC;
+    assert_eq!(r.run(&synack.frame()).0, XDP_TX);
+    // B: the backend never answered.
+    r.syn(35001);
+    // C: answered, then closed by the client.
+    let c = r.syn(35002);
+    let mut synack = Tcp::new((B1, 6432), (LB, c.sport), SYN | ACK);
+    synack.src_mac = BACKEND_MAC;
+    assert_eq!(r.run(&synack.frame()).0, XDP_TX);
+    assert_eq!(
+        r.run(&Tcp::new((CLIENT, 35002), (VIP, 5433), FIN | ACK).frame())
+            .0,
+        XDP_TX
+    );
+    assert_eq!(r.dp.flow_count(), 3);
+    assert_eq!(
+        r.dp.backend_conns(SVC).unwrap()[0].1,
+        2,
+        "C stopped counting at its FIN"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Timeouts {
+        syn_ns: 0,
+        closing_ns: 0,
+        idle_ns: 3600 * 1_000_000_000,
+    };
+    let report = r.dp.gc(&t).expect("gc");
+    assert_eq!((report.scanned, report.expired), (3, 2), "{report:?}");
+    assert_eq!(r.dp.flow_count(), 1);
+    // B was released by the GC, C by its FIN: only A is counted.
+    assert_eq!(r.dp.backend_conns(SVC).unwrap()[0].1, 1);
+    assert_eq!(r.dp.service_conns(SVC).unwrap(), 1);
+    // A keeps flowing; C's next packet finds no flow and is reset.
+    let (action, out) = r.run(&Tcp::new((CLIENT, 35000), (VIP, 5433), ACK).frame());
+    assert_eq!((action, parse_verified(&out).unwrap().dst), (XDP_TX, B1));
+    let (_, out) = r.run(&Tcp::new((CLIENT, 35002), (VIP, 5433), ACK).frame());
+    assert_eq!(parse_verified(&out).unwrap().flags, RST);
+}

@@ -191,8 +191,6 @@ fn bench(which: Bench, no_setup: bool) -> anyhow::Result<()> {
             })?,
         }
     }
-    let results = workspace_root().join("bench").join("results");
-    std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let runs: &[(&str, &str)] = match which {
         Bench::Datapath => &[("bench-datapath", "datapath.json")],
         Bench::E2e => &[("bench-e2e", "e2e.json")],
@@ -207,6 +205,9 @@ fn bench(which: Bench, no_setup: bool) -> anyhow::Result<()> {
             println!("bench: SKIPPED {bin}: not written yet (tests/src/bin/{bin}.rs)");
             continue;
         }
+        let results = workspace_root().join("bench").join("results");
+        std::fs::create_dir_all(&results)
+            .with_context(|| format!("creating {}", results.display()))?;
         let out = format!("bench/results/{out}");
         tests_bin(bin, &["--out", &out])?;
         println!("bench: results in {out}");
@@ -233,6 +234,11 @@ fn demo(non_interactive: bool, no_setup: bool) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // `cargo xtask test | head` should end quietly, not panic in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Setup { no_apt } => setup::full(setup::Options {

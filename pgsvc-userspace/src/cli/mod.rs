@@ -20,8 +20,32 @@ pub mod status;
     about = "Patroni-aware XDP load balancer for PostgreSQL services"
 )]
 pub struct Cli {
+    /// Run inside this network namespace (a name under /run/netns, as `ip netns` creates), without
+    /// leaving the current mount namespace — unlike `ip netns exec`, which remounts /sys and so hides
+    /// the bpffs pins that let a restarted agent adopt the running datapath.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Moves the process (its only thread, before any other starts) into a named network namespace.
+fn enter_netns(name: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    if name.contains('/') || name.is_empty() {
+        anyhow::bail!("--netns {name:?}: give a namespace name as `ip netns list` shows it");
+    }
+    let path = format!("/run/netns/{name}");
+    let f = std::fs::File::open(&path)
+        .map_err(|e| anyhow::anyhow!("--netns {name}: cannot open {path}: {e}"))?;
+    // SAFETY: setns on an open namespace fd.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!(
+            "--netns {name}: setns failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +78,12 @@ pub struct InventoryArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ns) = &cli.netns
+        && let Err(err) = enter_netns(ns)
+    {
+        eprintln!("pgsvc: error: {err}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),

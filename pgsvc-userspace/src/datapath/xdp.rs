@@ -306,20 +306,19 @@ impl XdpDatapath {
             .map_max_entries(map_names::NAT_REV, opts.max_flows)
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for name in [programs::LB] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingMap { map: "program" })?
-                .try_into()
-                .map_err(|e| DatapathError::Program {
-                    program: name,
-                    source: Box::new(e),
-                })?;
-            prog.load().map_err(|e| DatapathError::Program {
+        let name = programs::LB;
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingMap { map: "program" })?
+            .try_into()
+            .map_err(|e| DatapathError::Program {
                 program: name,
                 source: Box::new(e),
             })?;
-        }
+        prog.load().map_err(|e| DatapathError::Program {
+            program: name,
+            source: Box::new(e),
+        })?;
         let maps = Maps {
             config: take(&mut ebpf, map_names::CONFIG)?,
             services: take(&mut ebpf, map_names::SERVICES)?,

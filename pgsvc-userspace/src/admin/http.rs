@@ -1,0 +1,431 @@
+//! Just enough HTTP/1.1 for the admin API: one request per connection, read under hard limits
+//! (head size, header count, body size, and a deadline the caller applies), then `Connection: close`.
+//! Everything a client sends is untrusted: every malformed input maps to a status code, never a panic.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Request line and headers together.
+pub const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEADERS: usize = 100;
+/// Bodies are read only to keep the connection clean; no route uses one.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request line and headers exceed {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
+    #[error("request body exceeds {MAX_BODY} bytes")]
+    BodyTooLarge,
+    #[error("bad request: {0}")]
+    Malformed(&'static str),
+    #[error("HTTP version not supported")]
+    Version,
+    /// The peer went away before a whole request arrived: nobody to answer.
+    #[error("connection closed before a complete request")]
+    Closed,
+    #[error("reading the request: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl RequestError {
+    /// The status to answer with, or None when there is nobody left to answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RequestError::HeadTooLarge | RequestError::TooManyHeaders => Some(431),
+            RequestError::BodyTooLarge => Some(413),
+            RequestError::Malformed(_) => Some(400),
+            RequestError::Version => Some(505),
+            RequestError::Closed | RequestError::Io(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path without its query string.
+    pub path: String,
+    pub content_length: usize,
+}
+
+/// Reads one request head (and discards its body). The caller bounds the time it may take.
+pub async fn read_request<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Request, RequestError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let (head_len, body_start) = loop {
+        if let Some(found) = find_head_end(&buf) {
+            break found;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(RequestError::HeadTooLarge);
+        }
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                RequestError::Closed
+            } else {
+                RequestError::Malformed("connection closed inside the request head")
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if head_len > MAX_HEAD {
+        return Err(RequestError::HeadTooLarge);
+    }
+    let request = parse_head(&buf[..head_len])?;
+    let mut remaining = request
+        .content_length
+        .saturating_sub(buf.len() - body_start);
+    while remaining > 0 {
+        let n = reader.read(&mut chunk[..remaining.min(4096)]).await?;
+        if n == 0 {
+            return Err(RequestError::Malformed(
+                "connection closed inside the request body",
+            ));
+        }
+        remaining -= n;
+    }
+    Ok(request)
+}
+
+/// Length of the head (without its blank line) and where the body starts. Bare `\n` line ends are
+/// accepted, as most servers do.
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some((nl, nl + 2)),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some((nl, nl + 3)),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Parses the request line and headers (the bytes before the blank line).
+pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines
+        .next()
+        .ok_or(RequestError::Malformed("empty request"))?;
+    let (method, target) = parse_request_line(request_line)?;
+    let path = target.split('?').next().unwrap_or(target).to_owned();
+
+    let mut content_length: Option<usize> = None;
+    for (count, line) in lines.enumerate() {
+        if count >= MAX_HEADERS {
+            return Err(RequestError::TooManyHeaders);
+        }
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(RequestError::Malformed("header without a colon"))?;
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+            // Also rejects obsolete line folding (a line starting with whitespace).
+            return Err(RequestError::Malformed("invalid header name"));
+        }
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(RequestError::Malformed(
+                "control character in a header value",
+            ));
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_length(value)?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(RequestError::Malformed(
+                    "conflicting Content-Length headers",
+                ));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return Err(RequestError::Malformed(
+                "Transfer-Encoding is not supported",
+            ));
+        }
+    }
+    let content_length = content_length.unwrap_or(0);
+    if content_length > MAX_BODY {
+        return Err(RequestError::BodyTooLarge);
+    }
+    Ok(Request {
+        method: method.to_owned(),
+        path,
+        content_length,
+    })
+}
+
+fn parse_request_line(line: &[u8]) -> Result<(&str, &str), RequestError> {
+    let line = std::str::from_utf8(line)
+        .map_err(|_| RequestError::Malformed("request line is not UTF-8"))?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(RequestError::Malformed(
+            "request line is not `METHOD /path HTTP/1.1`",
+        ));
+    };
+    if method.is_empty() || method.len() > 16 || !method.bytes().all(is_token) {
+        return Err(RequestError::Malformed("invalid method"));
+    }
+    if !target.starts_with('/')
+        || target.len() > 2048
+        || !target.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(RequestError::Malformed("invalid request target"));
+    }
+    match version {
+        "HTTP/1.1" | "HTTP/1.0" => Ok((method, target)),
+        v if v.starts_with("HTTP/")
+            && v.len() > 5
+            && v[5..].bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+        {
+            Err(RequestError::Version)
+        }
+        _ => Err(RequestError::Malformed("invalid HTTP version")),
+    }
+}
+
+fn parse_length(value: &[u8]) -> Result<usize, RequestError> {
+    if value.is_empty() || value.len() > 12 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(RequestError::Malformed("invalid Content-Length"));
+    }
+    value
+        .iter()
+        .try_fold(0usize, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+        })
+        .ok_or(RequestError::Malformed("invalid Content-Length"))
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// RFC 9110 `tchar`.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A complete response; always `Connection: close`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+pub const TEXT: &str = "text/plain; charset=utf-8";
+pub const JSON: &str = "application/json";
+pub const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+impl Response {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            content_type,
+            body: body.into(),
+            allow: None,
+        }
+    }
+
+    /// A plain-text answer; a line end is added when missing so curl output stays tidy.
+    pub fn text(status: u16, message: impl Into<String>) -> Self {
+        let mut body = message.into();
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        Response::new(status, TEXT, body)
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Response {
+            allow: Some(allow),
+            ..Response::text(405, format!("method not allowed; use {allow}"))
+        }
+    }
+
+    /// The bytes on the wire; `head_only` for HEAD requests (same headers, no body).
+    pub fn to_bytes(&self, head_only: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        if let Some(allow) = self.allow {
+            out.push_str("Allow: ");
+            out.push_str(allow);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if !head_only {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Request, RequestError> {
+        parse_head(s.as_bytes())
+    }
+
+    #[test]
+    fn parses_request_line_headers_and_query() {
+        let r =
+            parse("GET /metrics?name=x HTTP/1.1\r\nHost: localhost\r\nAccept: */*").expect("valid");
+        assert_eq!(
+            r,
+            Request {
+                method: "GET".into(),
+                path: "/metrics".into(),
+                content_length: 0
+            }
+        );
+        let r = parse("POST /reload HTTP/1.1\r\nContent-Length:  12 \r\ncontent-length: 12")
+            .expect("valid");
+        assert_eq!(r.content_length, 12);
+    }
+
+    #[test]
+    fn rejects_malformed_heads() {
+        for bad in [
+            "",
+            "GET",
+            "GET /status",
+            "GET  /status HTTP/1.1",
+            "GET /status HTTP/1.1 extra",
+            "GET status HTTP/1.1",
+            "G(T /status HTTP/1.1",
+            "GET /status FTP/1.1",
+            "GET /st\u{e9}tus HTTP/1.1",
+            "GET /status HTTP/1.1\r\nNo colon here",
+            "GET /status HTTP/1.1\r\n folded: header",
+            "GET /status HTTP/1.1\r\nBad Name: x",
+            "GET /status HTTP/1.1\r\nContent-Length: -1",
+            "GET /status HTTP/1.1\r\nContent-Length: 99999999999999999999",
+            "GET /status HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2",
+            "POST /reload HTTP/1.1\r\nTransfer-Encoding: chunked",
+            "GET /status HTTP/1.1\r\nX: a\u{1}b",
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert_eq!(err.status(), Some(400), "{bad:?}: {err}");
+        }
+        assert_eq!(parse("GET / HTTP/2.0").expect_err("h2").status(), Some(505));
+        assert_eq!(
+            parse("POST /reload HTTP/1.1\r\nContent-Length: 70000")
+                .expect_err("big")
+                .status(),
+            Some(413)
+        );
+        let many = format!("GET / HTTP/1.1{}", "\r\nX-A: b".repeat(MAX_HEADERS + 1));
+        assert_eq!(parse(&many).expect_err("many").status(), Some(431));
+    }
+
+    #[tokio::test]
+    async fn reads_head_and_discards_body() {
+        let mut input: &[u8] = b"POST /reload HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let r = read_request(&mut input).await.expect("request");
+        assert_eq!(r.path, "/reload");
+        assert!(input.is_empty(), "body left unread");
+        let mut lf_only: &[u8] = b"GET /ready HTTP/1.0\n\n";
+        assert_eq!(
+            read_request(&mut lf_only).await.expect("request").path,
+            "/ready"
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_and_truncation() {
+        let mut empty: &[u8] = b"";
+        assert!(matches!(
+            read_request(&mut empty).await,
+            Err(RequestError::Closed)
+        ));
+        let mut cut: &[u8] = b"GET /status HTTP/1.1\r\nHost: x\r\n";
+        assert_eq!(
+            read_request(&mut cut).await.expect_err("cut").status(),
+            Some(400)
+        );
+        let mut short_body: &[u8] = b"POST /reload HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
+        assert_eq!(
+            read_request(&mut short_body)
+                .await
+                .expect_err("short")
+                .status(),
+            Some(400)
+        );
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let mut big: &[u8] = big.as_bytes();
+        assert_eq!(
+            read_request(&mut big).await.expect_err("big").status(),
+            Some(431)
+        );
+        let endless = "a".repeat(MAX_HEAD + 10);
+        let mut endless: &[u8] = endless.as_bytes();
+        assert_eq!(
+            read_request(&mut endless)
+                .await
+                .expect_err("endless")
+                .status(),
+            Some(431)
+        );
+    }
+
+    #[test]
+    fn response_bytes() {
+        let r = Response::method_not_allowed("GET, HEAD");
+        let wire = String::from_utf8(r.to_bytes(false)).expect("utf8");
+        assert!(
+            wire.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{wire}"
+        );
+        assert!(wire.contains("\r\nAllow: GET, HEAD\r\n"), "{wire}");
+        assert!(wire.contains("\r\nConnection: close\r\n"), "{wire}");
+        let body = "method not allowed; use GET, HEAD\n";
+        assert!(wire.ends_with(&format!("Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\nAllow: GET, HEAD\r\n\r\n{body}", body.len())), "{wire}");
+        let head = String::from_utf8(Response::text(200, "ok").to_bytes(true)).expect("utf8");
+        assert!(
+            head.ends_with("\r\n\r\n") && head.contains("Content-Length: 3\r\n"),
+            "{head}"
+        );
+    }
+}

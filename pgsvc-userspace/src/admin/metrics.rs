@@ -1,0 +1,523 @@
+//! `/metrics`: the status snapshot in the Prometheus text format (0.0.4), under the names and labels
+//! of HAProxy's built-in exporter (`proxy` = service, `server` = member) so Pigsty's dashboards and
+//! recording rules read pgsvc as they read HAProxy. What HAProxy has no name for (XDP packet
+//! verdicts, resets, the flow table) is exported as `pgsvc_*`.
+//!
+//! Every family is written whole (HELP, TYPE, then all its samples) and only when it has samples.
+
+use std::fmt::Write as _;
+
+use crate::agent::status::{ServerStatus, ServiceStatus, Status};
+
+/// HAProxy's server states, as its exporter's `haproxy_server_status` state-set lists them.
+pub const SERVER_STATES: [&str; 5] = ["UP", "DOWN", "MAINT", "DRAIN", "NOLB"];
+/// States of `haproxy_backend_status`.
+pub const BACKEND_STATES: [&str; 2] = ["UP", "DOWN"];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// A sample value: integers stay exact (byte counters pass 2^53 long before they wrap).
+#[derive(Clone, Copy, Debug)]
+enum Num {
+    Int(u64),
+    Float(f64),
+}
+
+impl From<u64> for Num {
+    fn from(v: u64) -> Self {
+        Num::Int(v)
+    }
+}
+
+impl From<u32> for Num {
+    fn from(v: u32) -> Self {
+        Num::Int(u64::from(v))
+    }
+}
+
+impl From<bool> for Num {
+    fn from(v: bool) -> Self {
+        Num::Int(u64::from(v))
+    }
+}
+
+impl From<f64> for Num {
+    fn from(v: f64) -> Self {
+        Num::Float(v)
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family<'a>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels<'a>, Num)>,
+    ) {
+        let mut samples = samples.into_iter().peekable();
+        if samples.peek().is_none() {
+            return;
+        }
+        let kind = match kind {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        };
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            self.out.push_str(name);
+            if !labels.is_empty() {
+                self.out.push('{');
+                for (i, (label, value)) in labels.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(',');
+                    }
+                    let _ = write!(self.out, "{label}=\"{}\"", escape_label(value));
+                }
+                self.out.push('}');
+            }
+            self.out.push(' ');
+            push_number(&mut self.out, value);
+            self.out.push('\n');
+        }
+    }
+
+    /// One sample without labels.
+    fn single(&mut self, name: &str, kind: Kind, help: &str, value: Num) {
+        self.family(name, kind, help, [(Vec::new(), value)]);
+    }
+}
+
+fn push_number(out: &mut String, value: Num) {
+    let _ = match value {
+        Num::Int(v) => write!(out, "{v}"),
+        Num::Float(v) if v.is_nan() => write!(out, "NaN"),
+        Num::Float(v) if v.is_infinite() => write!(out, "{}Inf", if v > 0.0 { '+' } else { '-' }),
+        // Display never uses an exponent and round-trips exactly.
+        Num::Float(v) => write!(out, "{v}"),
+    };
+}
+
+/// Label values escape backslash, double quote and line feed.
+pub fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text escapes backslash and line feed.
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+type ServiceField = fn(&ServiceStatus) -> Num;
+type ServerField = fn(&ServerStatus) -> Num;
+
+const FRONTEND: &[(&str, Kind, &str, ServiceField)] = &[
+    (
+        "haproxy_frontend_current_sessions",
+        Kind::Gauge,
+        "Number of current sessions.",
+        |s| s.current_sessions.into(),
+    ),
+    (
+        "haproxy_frontend_limit_sessions",
+        Kind::Gauge,
+        "Configured session limit (maxconn).",
+        |s| s.maxconn.into(),
+    ),
+    (
+        "haproxy_frontend_sessions_total",
+        Kind::Counter,
+        "Total number of sessions.",
+        |s| s.sessions_total.into(),
+    ),
+    (
+        "haproxy_frontend_bytes_in_total",
+        Kind::Counter,
+        "Current total of incoming bytes.",
+        |s| s.bytes_in.into(),
+    ),
+    (
+        "haproxy_frontend_bytes_out_total",
+        Kind::Counter,
+        "Current total of outgoing bytes.",
+        |s| s.bytes_out.into(),
+    ),
+];
+
+const BACKEND: &[(&str, Kind, &str, ServiceField)] = &[
+    (
+        "haproxy_backend_active_servers",
+        Kind::Gauge,
+        "Current number of active servers.",
+        |s| s.active_servers.into(),
+    ),
+    (
+        "haproxy_backend_backup_servers",
+        Kind::Gauge,
+        "Current number of backup servers.",
+        |s| s.backup_servers.into(),
+    ),
+    (
+        "haproxy_backend_weight",
+        Kind::Gauge,
+        "Total effective weight of the servers in the active set.",
+        |s| {
+            s.servers
+                .iter()
+                .filter(|v| v.active)
+                .map(|v| u64::from(v.effective_weight))
+                .sum::<u64>()
+                .into()
+        },
+    ),
+    (
+        "haproxy_backend_current_sessions",
+        Kind::Gauge,
+        "Number of current sessions.",
+        |s| s.current_sessions.into(),
+    ),
+    (
+        "haproxy_backend_sessions_total",
+        Kind::Counter,
+        "Total number of sessions.",
+        |s| s.sessions_total.into(),
+    ),
+    (
+        "haproxy_backend_bytes_in_total",
+        Kind::Counter,
+        "Current total of incoming bytes.",
+        |s| s.bytes_in.into(),
+    ),
+    (
+        "haproxy_backend_bytes_out_total",
+        Kind::Counter,
+        "Current total of outgoing bytes.",
+        |s| s.bytes_out.into(),
+    ),
+];
+
+const SERVER: &[(&str, Kind, &str, ServerField)] = &[
+    (
+        "haproxy_server_current_sessions",
+        Kind::Gauge,
+        "Number of current sessions.",
+        |v| v.current_sessions.into(),
+    ),
+    (
+        "haproxy_server_sessions_total",
+        Kind::Counter,
+        "Total number of sessions.",
+        |v| v.sessions_total.into(),
+    ),
+    (
+        "haproxy_server_bytes_in_total",
+        Kind::Counter,
+        "Current total of incoming bytes.",
+        |v| v.bytes_in.into(),
+    ),
+    (
+        "haproxy_server_bytes_out_total",
+        Kind::Counter,
+        "Current total of outgoing bytes.",
+        |v| v.bytes_out.into(),
+    ),
+    (
+        "haproxy_server_weight",
+        Kind::Gauge,
+        "Server's effective weight.",
+        |v| v.effective_weight.into(),
+    ),
+    (
+        "haproxy_server_check_failures_total",
+        Kind::Counter,
+        "Total number of failed individual health checks.",
+        |v| v.check_failures_total.into(),
+    ),
+    (
+        "haproxy_server_check_up_down_total",
+        Kind::Counter,
+        "Total number of failed checks causing UP to DOWN server transitions.",
+        |v| v.check_up_down_total.into(),
+    ),
+    (
+        "haproxy_server_downtime_seconds_total",
+        Kind::Counter,
+        "Total downtime (in seconds) for the service.",
+        |v| v.downtime_seconds.into(),
+    ),
+];
+
+const PGSVC_SERVICE: &[(&str, Kind, &str, ServiceField)] = &[
+    (
+        "pgsvc_service_rst_sent_total",
+        Kind::Counter,
+        "TCP resets the datapath sent to clients of this service.",
+        |s| s.rst_sent.into(),
+    ),
+    (
+        "pgsvc_service_syn_dropped_total",
+        Kind::Counter,
+        "Connection attempts dropped: session limit reached or no usable server.",
+        |s| s.syn_dropped.into(),
+    ),
+    (
+        "pgsvc_service_using_backups",
+        Kind::Gauge,
+        "1 when the active set is made of backup servers.",
+        |s| s.using_backups.into(),
+    ),
+];
+
+const PGSVC_SERVER: &[(&str, Kind, &str, ServerField)] = &[
+    (
+        "pgsvc_server_rst_sent_total",
+        Kind::Counter,
+        "TCP resets sent to clients of this server (flows killed when it went DOWN).",
+        |v| v.rst_sent.into(),
+    ),
+    (
+        "pgsvc_server_active",
+        Kind::Gauge,
+        "1 when the server is in the active set (receives new connections).",
+        |v| v.active.into(),
+    ),
+    (
+        "pgsvc_server_backup",
+        Kind::Gauge,
+        "1 for a backup server.",
+        |v| v.backup.into(),
+    ),
+    (
+        "pgsvc_server_health",
+        Kind::Gauge,
+        "The rise/fall health counter.",
+        |v| v.health.into(),
+    ),
+    (
+        "pgsvc_server_checks_total",
+        Kind::Counter,
+        "Health checks run.",
+        |v| v.checks_total.into(),
+    ),
+];
+
+fn proxy(s: &ServiceStatus) -> Labels<'_> {
+    vec![("proxy", s.name.as_str())]
+}
+
+fn per_service(s: &Status, field: ServiceField) -> impl Iterator<Item = (Labels<'_>, Num)> {
+    s.services.iter().map(move |svc| (proxy(svc), field(svc)))
+}
+
+/// Every (service, server) pair, with its labels.
+fn servers(s: &Status) -> impl Iterator<Item = (Labels<'_>, &ServerStatus)> {
+    s.services.iter().flat_map(|svc| {
+        svc.servers.iter().map(move |v| {
+            (
+                vec![("proxy", svc.name.as_str()), ("server", v.name.as_str())],
+                v,
+            )
+        })
+    })
+}
+
+fn per_server(s: &Status, field: ServerField) -> impl Iterator<Item = (Labels<'_>, Num)> {
+    servers(s).map(move |(labels, v)| (labels, field(v)))
+}
+
+/// A state-set: one series per state, 1 for the current one. A state outside the set (UNKNOWN,
+/// before the first check) gives 0 everywhere.
+fn state_set<'a>(
+    labels: Labels<'a>,
+    states: &'static [&'static str],
+    current: &str,
+) -> Vec<(Labels<'a>, Num)> {
+    states
+        .iter()
+        .map(|&state| {
+            let mut l = labels.clone();
+            l.push(("state", state));
+            (l, Num::from(current.eq_ignore_ascii_case(state)))
+        })
+        .collect()
+}
+
+/// The whole exposition for one snapshot.
+pub fn render_metrics(s: &Status) -> String {
+    let mut e = Exposition {
+        out: String::with_capacity(16 * 1024),
+    };
+    process(&mut e, s);
+    for &(name, kind, help, field) in FRONTEND {
+        e.family(name, kind, help, per_service(s, field));
+    }
+    backend(&mut e, s);
+    server(&mut e, s);
+    pgsvc(&mut e, s);
+    e.out
+}
+
+fn process(e: &mut Exposition, s: &Status) {
+    e.single(
+        "haproxy_process_start_time_seconds",
+        Kind::Gauge,
+        "Start time in seconds.",
+        s.started_at.into(),
+    );
+    e.single(
+        "haproxy_process_uptime_seconds",
+        Kind::Gauge,
+        "How long ago this process was started (seconds).",
+        (s.updated_at - s.started_at).max(0.0).into(),
+    );
+    e.single(
+        "haproxy_process_current_connections",
+        Kind::Gauge,
+        "Number of active sessions.",
+        s.services
+            .iter()
+            .map(|svc| svc.current_sessions)
+            .sum::<u64>()
+            .into(),
+    );
+}
+
+fn backend(e: &mut Exposition, s: &Status) {
+    e.family(
+        "haproxy_backend_status",
+        Kind::Gauge,
+        "Current status of the service (UP when a server is usable).",
+        s.services.iter().flat_map(|svc| {
+            let up = svc.active_servers + svc.backup_servers > 0;
+            state_set(proxy(svc), &BACKEND_STATES, if up { "UP" } else { "DOWN" })
+        }),
+    );
+    for &(name, kind, help, field) in BACKEND {
+        e.family(name, kind, help, per_service(s, field));
+    }
+}
+
+fn server(e: &mut Exposition, s: &Status) {
+    e.family(
+        "haproxy_server_status",
+        Kind::Gauge,
+        "Current status of the service, per state label value.",
+        servers(s).flat_map(|(labels, v)| state_set(labels, &SERVER_STATES, &v.state)),
+    );
+    for &(name, kind, help, field) in SERVER {
+        e.family(name, kind, help, per_server(s, field));
+    }
+    e.family(
+        "haproxy_server_check_last_change_seconds",
+        Kind::Gauge,
+        "How long ago the last server state changed, in seconds.",
+        servers(s).filter_map(|(labels, v)| Some((labels, v.last_change_seconds?.into()))),
+    );
+    e.family(
+        "haproxy_server_check_duration_seconds",
+        Kind::Gauge,
+        "Total duration of the latest server health check, in seconds.",
+        servers(s).filter_map(|(labels, v)| {
+            Some((labels, (v.last_check.as_ref()?.duration_ms / 1000.0).into()))
+        }),
+    );
+    e.family(
+        "haproxy_server_check_code",
+        Kind::Gauge,
+        "layer5-7 code, if available of the last health check.",
+        servers(s).filter_map(|(labels, v)| {
+            Some((labels, u64::from(v.last_check.as_ref()?.code?).into()))
+        }),
+    );
+}
+
+fn pgsvc(e: &mut Exposition, s: &Status) {
+    e.family(
+        "pgsvc_build_info",
+        Kind::Gauge,
+        "pgsvc version (value is always 1).",
+        [(vec![("version", s.version.as_str())], Num::Int(1))],
+    );
+    e.family(
+        "pgsvc_xdp_info",
+        Kind::Gauge,
+        "Interface the XDP program is attached to and its mode (value is always 1).",
+        [(
+            vec![("iface", s.iface.as_str()), ("mode", s.xdp_mode.as_str())],
+            Num::Int(1),
+        )],
+    );
+    e.single(
+        "pgsvc_ready",
+        Kind::Gauge,
+        "1 once every service has been written to the datapath.",
+        s.ready.into(),
+    );
+    e.single(
+        "pgsvc_status_timestamp_seconds",
+        Kind::Gauge,
+        "Unix time the agent took this snapshot.",
+        s.updated_at.into(),
+    );
+    if let Some(r) = &s.last_reload {
+        e.single(
+            "pgsvc_last_reload_success",
+            Kind::Gauge,
+            "1 when the last reload was applied.",
+            r.ok.into(),
+        );
+        e.single(
+            "pgsvc_last_reload_timestamp_seconds",
+            Kind::Gauge,
+            "Unix time of the last reload.",
+            r.at.into(),
+        );
+    }
+    e.single(
+        "pgsvc_flows",
+        Kind::Gauge,
+        "Entries in the flow table.",
+        s.datapath.flows.into(),
+    );
+    e.single(
+        "pgsvc_flow_table_size",
+        Kind::Gauge,
+        "Capacity of the flow table.",
+        s.datapath.max_flows.into(),
+    );
+    e.family(
+        "pgsvc_packets_total",
+        Kind::Counter,
+        "Packets the XDP program handled, by verdict.",
+        s.datapath
+            .packets
+            .iter()
+            .map(|(reason, &n)| (vec![("reason", reason.as_str())], n.into())),
+    );
+    for &(name, kind, help, field) in PGSVC_SERVICE {
+        e.family(name, kind, help, per_service(s, field));
+    }
+    for &(name, kind, help, field) in PGSVC_SERVER {
+        e.family(name, kind, help, per_server(s, field));
+    }
+}

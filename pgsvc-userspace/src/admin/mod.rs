@@ -1,0 +1,226 @@
+//! The admin API (default 127.0.0.1:9101): `/status` (the snapshot as JSON), `/metrics` (Prometheus
+//! text under HAProxy's exporter names), `/ready`, and `POST /reload`.
+//!
+//! It only reads the [`Status`] snapshot the agent publishes and forwards reloads over a channel, so
+//! a slow or hostile client can never stall the agent. The HTTP is hand-rolled and deliberately
+//! small (one request per connection, hard limits on size and time, see [`http`]).
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc, oneshot, watch},
+    task::JoinSet,
+    time::timeout,
+};
+use tracing::{debug, warn};
+
+use crate::agent::status::Status;
+
+pub mod http;
+pub mod metrics;
+
+#[cfg(test)]
+pub(crate) mod fixture;
+#[cfg(test)]
+mod tests;
+
+pub use metrics::render_metrics;
+
+use http::{Request, Response};
+
+/// A reload asked for over the API; the agent answers with what it did, or why it refused (and
+/// then keeps serving the previous inventory).
+#[derive(Debug)]
+pub struct ReloadRequest {
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Time a client has to send its request line and headers (and body).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A reload re-reads and re-plans the inventory; it answers within this or the client hears 504.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// On shutdown, requests in flight get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+struct Shared {
+    status: Arc<RwLock<Status>>,
+    reload: mpsc::Sender<ReloadRequest>,
+}
+
+/// Serves the admin API on `listener` until `shutdown` turns true (or its sender goes away).
+pub async fn serve(
+    listener: TcpListener,
+    status: Arc<RwLock<Status>>,
+    reload: mpsc::Sender<ReloadRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared { status, reload });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = JoinSet::new();
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        debug!(%peer, "admin API: too many connections, closing this one");
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    tasks.spawn(async move {
+                        handle_connection(stream, &shared).await;
+                        drop(slot);
+                    });
+                }
+                Err(error) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    warn!(%error, "admin API: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(error) = joined {
+                    warn!(%error, "admin API: connection task failed");
+                }
+            }
+        }
+    }
+    let _ = timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.shutdown().await;
+}
+
+async fn handle_connection(mut stream: TcpStream, shared: &Shared) {
+    let response = match timeout(READ_TIMEOUT, http::read_request(&mut stream)).await {
+        Err(_) => Some((Response::text(408, "timed out reading the request"), false)),
+        Ok(Ok(request)) => Some((route(&request, shared).await, request.method == "HEAD")),
+        Ok(Err(error)) => {
+            debug!(%error, "admin API: bad request");
+            error
+                .status()
+                .map(|code| (Response::text(code, error.to_string()), false))
+        }
+    };
+    let Some((response, head_only)) = response else {
+        return;
+    };
+    let bytes = response.to_bytes(head_only);
+    match timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await
+    {
+        Ok(Ok(())) => drain(&mut stream).await,
+        Ok(Err(error)) => debug!(%error, "admin API: writing the response"),
+        Err(_) => debug!("admin API: timed out writing the response"),
+    }
+}
+
+/// Reads what the client still sends (the rest of an oversized head, say) before closing: closing a
+/// socket with unread data makes the kernel send a reset, which can destroy the response in flight.
+async fn drain(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let mut budget = 1usize << 20;
+    let _ = timeout(Duration::from_secs(1), async {
+        while budget > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+async fn route(request: &Request, shared: &Shared) -> Response {
+    let get = matches!(request.method.as_str(), "GET" | "HEAD");
+    match request.path.as_str() {
+        "/status" | "/metrics" | "/ready" if !get => Response::method_not_allowed("GET, HEAD"),
+        "/status" => status_json(&snapshot(&shared.status)),
+        "/metrics" => Response::new(
+            200,
+            http::PROMETHEUS,
+            render_metrics(&snapshot(&shared.status)),
+        ),
+        "/ready" => {
+            if snapshot_ready(&shared.status) {
+                Response::text(200, "ready")
+            } else {
+                Response::text(503, "not ready: services not yet written to the datapath")
+            }
+        }
+        "/reload" if request.method != "POST" => Response::method_not_allowed("POST"),
+        "/reload" => reload(&shared.reload).await,
+        _ => Response::text(
+            404,
+            "not found; try /status, /metrics, /ready or POST /reload",
+        ),
+    }
+}
+
+/// A copy of the snapshot, so rendering never holds the lock the agent writes under. A poisoned
+/// lock still holds a whole snapshot (the agent replaces it in one assignment).
+fn snapshot(status: &RwLock<Status>) -> Status {
+    match status.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+fn snapshot_ready(status: &RwLock<Status>) -> bool {
+    match status.read() {
+        Ok(guard) => guard.ready,
+        Err(poisoned) => poisoned.into_inner().ready,
+    }
+}
+
+fn status_json(status: &Status) -> Response {
+    match serde_json::to_vec_pretty(status) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            Response::new(200, http::JSON, body)
+        }
+        Err(error) => Response::text(500, format!("serialising the status: {error}")),
+    }
+}
+
+async fn reload(agent: &mpsc::Sender<ReloadRequest>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    match timeout(RELOAD_TIMEOUT, agent.send(ReloadRequest { reply })).await {
+        Err(_) => return Response::text(503, "the agent is busy: too many reloads queued"),
+        Ok(Err(_)) => {
+            return Response::text(503, "the agent is not accepting reloads (shutting down)");
+        }
+        Ok(Ok(())) => {}
+    }
+    match timeout(RELOAD_TIMEOUT, answer).await {
+        Err(_) => Response::text(
+            504,
+            format!(
+                "the reload did not finish within {}s",
+                RELOAD_TIMEOUT.as_secs()
+            ),
+        ),
+        Ok(Err(_)) => Response::text(503, "the agent dropped the reload request (shutting down?)"),
+        Ok(Ok(Ok(message))) => Response::text(200, message),
+        Ok(Ok(Err(error))) => Response::text(422, error),
+    }
+}
