@@ -140,7 +140,7 @@ fn syn_is_translated_to_the_backend_with_snat_and_valid_checksums() {
     assert_eq!(r.reason(Reason::FwdNew), 1);
     assert_eq!(r.dp.flow_count(), 1);
     assert_eq!(
-        r.dp.backend_conns(SVC).unwrap(),
+        r.dp.backend_conns(SVC).expect("datapath call"),
         vec![("pg-test-1".into(), 1)]
     );
 }
@@ -175,7 +175,7 @@ fn backend_answer_is_translated_back_to_the_vip_and_client() {
     let p = parse_verified(&out).expect("checksums");
     assert_eq!((p.src, p.sport, p.dst, p.dport), (LB, fwd.sport, B1, 6432));
     assert_eq!(p.payload, b"select 1;");
-    let s = r.dp.service_stats(SVC).unwrap();
+    let s = r.dp.service_stats(SVC).expect("datapath call");
     assert_eq!(
         (s.packets_in, s.bytes_in, s.packets_out, s.bytes_out),
         (2, 9, 1, 5)
@@ -345,7 +345,7 @@ fn flows_of_a_backend_marked_down_are_reset() {
             backend("pg-test-2", B2, true),
         ],
     )
-    .unwrap();
+    .expect("datapath call");
     let mut data = Tcp::new((CLIENT, 33010), (VIP, 5433), PSH | ACK);
     data.ack = 777;
     data.payload = b"insert".to_vec();
@@ -358,7 +358,7 @@ fn flows_of_a_backend_marked_down_are_reset() {
     data.payload = b"x".to_vec();
     let (action, out) = r.run(&data.frame());
     assert_eq!(action, XDP_TX);
-    assert_eq!(parse_verified(&out).unwrap().dst, B2);
+    assert_eq!(parse_verified(&out).expect("valid frame").dst, B2);
     for port in 33020..33026 {
         assert_eq!(r.syn(port).dst, B2);
     }
@@ -464,7 +464,7 @@ fn gc_removes_closed_and_unanswered_flows_and_keeps_live_ones() {
     );
     assert_eq!(r.dp.flow_count(), 3);
     assert_eq!(
-        r.dp.backend_conns(SVC).unwrap()[0].1,
+        r.dp.backend_conns(SVC).expect("datapath call")[0].1,
         2,
         "C stopped counting at its FIN"
     );
@@ -478,11 +478,14 @@ fn gc_removes_closed_and_unanswered_flows_and_keeps_live_ones() {
     assert_eq!((report.scanned, report.expired), (3, 2), "{report:?}");
     assert_eq!(r.dp.flow_count(), 1);
     // B was released by the GC, C by its FIN: only A is counted.
-    assert_eq!(r.dp.backend_conns(SVC).unwrap()[0].1, 1);
-    assert_eq!(r.dp.service_conns(SVC).unwrap(), 1);
+    assert_eq!(r.dp.backend_conns(SVC).expect("datapath call")[0].1, 1);
+    assert_eq!(r.dp.service_conns(SVC).expect("datapath call"), 1);
     // A keeps flowing; C's next packet finds no flow and is reset.
     let (action, out) = r.run(&Tcp::new((CLIENT, 35000), (VIP, 5433), ACK).frame());
-    assert_eq!((action, parse_verified(&out).unwrap().dst), (XDP_TX, B1));
+    assert_eq!(
+        (action, parse_verified(&out).expect("valid frame").dst),
+        (XDP_TX, B1)
+    );
     let (_, out) = r.run(&Tcp::new((CLIENT, 35002), (VIP, 5433), ACK).frame());
-    assert_eq!(parse_verified(&out).unwrap().flags, RST);
+    assert_eq!(parse_verified(&out).expect("valid frame").flags, RST);
 }
