@@ -6,7 +6,9 @@
       inet_server_addr(), pg_is_in_recovery()), the whole attempt bounded by --timeout (1 s) of wall
       time, so a hanging connection costs at most that much resolution; one JSON line per attempt:
       {"seq", "t0", "t1", "ok", "addr", "in_recovery", "id", "err"}  (t0/t1: epoch seconds).
-      Runs until --duration elapses or SIGINT/SIGTERM.
+      Runs until --duration elapses or SIGINT/SIGTERM. With --read, each attempt runs
+      `SELECT inet_server_addr(), pg_is_in_recovery()` instead (a read load through a replica service;
+      "id" is then null).
   writer_probe.py aggregate DIR [--label TEXT]
       Table (and DIR/results.json) of failover-scenario's per-run summaries, with medians.
   writer_probe.py summary FILE [--event T]... [--events-file F] [--verify-host H --verify-port P] [--json]
@@ -62,7 +64,10 @@ def wait_ready(conn, deadline):
             raise RuntimeError(f"unexpected poll state {state}")
 
 
-def attempt(conninfo, run_id, seq, t0, timeout):
+READ = "SELECT NULL::bigint, host(inet_server_addr()), pg_is_in_recovery()"
+
+
+def attempt(conninfo, run_id, seq, t0, timeout, read=False):
     """One write on a new connection (autocommit: the INSERT is its own transaction), all of it —
     connect, authentication through any pooler, commit — bounded by `timeout` seconds of wall time.
     A write whose acknowledgement did not arrive in time counts as failed even if it committed."""
@@ -73,7 +78,10 @@ def attempt(conninfo, run_id, seq, t0, timeout):
     try:
         wait_ready(conn, deadline)
         cur = conn.cursor()
-        cur.execute(INSERT, (run_id, seq, t0))
+        if read:
+            cur.execute(READ)
+        else:
+            cur.execute(INSERT, (run_id, seq, t0))
         wait_ready(conn, deadline)
         return cur.fetchone()
     finally:
@@ -95,7 +103,7 @@ def cmd_run(a):
         t0 = time.time()
         rec = {"run": run_id, "seq": seq, "t0": round(t0, 4)}
         try:
-            row_id, addr, in_rec = attempt(conninfo, run_id, seq, t0, a.timeout)
+            row_id, addr, in_rec = attempt(conninfo, run_id, seq, t0, a.timeout, a.read)
             rec.update(ok=True, id=row_id, addr=addr, in_recovery=in_rec)
         except Exception as e:  # noqa: BLE001 - every failure is data here
             rec.update(ok=False, err=" ".join(str(e).split())[:200])
@@ -339,6 +347,7 @@ def main():
     r.add_argument("--duration", type=float, default=0, help="seconds; 0 = until SIGINT/SIGTERM")
     r.add_argument("--out", help="append JSON lines here (default stdout)")
     r.add_argument("--run-id")
+    r.add_argument("--read", action="store_true", help="a read per attempt instead of a write")
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("summary")
     s.add_argument("file")

@@ -5,6 +5,7 @@ pub mod agent_rig;
 pub mod guard;
 pub mod netns;
 pub mod packet;
+pub mod sandbox;
 
 /// True when running as root; otherwise prints why the calling test is skipped. CI runs as root,
 /// so there these tests always run.

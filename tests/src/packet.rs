@@ -260,9 +260,15 @@ mod tests {
         assert_eq!(p.ihl, 24);
         let last = f.len() - 1;
         f[last] ^= 0x01;
-        assert_eq!(parse_verified(&f).expect_err("corrupt frame"), "bad TCP checksum");
+        assert_eq!(
+            parse_verified(&f).expect_err("corrupt frame"),
+            "bad TCP checksum"
+        );
         let mut f = t.frame();
         f[18 + 8] = 63; // TTL
-        assert_eq!(parse_verified(&f).expect_err("corrupt frame"), "bad IPv4 header checksum");
+        assert_eq!(
+            parse_verified(&f).expect_err("corrupt frame"),
+            "bad IPv4 header checksum"
+        );
     }
 }

@@ -225,12 +225,31 @@ fn demo(non_interactive: bool, no_setup: bool) -> anyhow::Result<()> {
             system_packages: true,
         })?;
     }
-    let args: &[&str] = if non_interactive {
-        &["--non-interactive"]
-    } else {
-        &[]
-    };
-    tests_bin("demo", args)
+    // The release pgsvc, named to the demo through PGSVC_BIN.
+    let pgsvc = build(true)?;
+    if !has_bin("pgsvc-tests", "demo")? {
+        bail!("the pgsvc-tests crate has no `demo` binary (tests/src/bin/demo.rs)");
+    }
+    let mut c = cmd::cargo();
+    c.args([
+        "run",
+        "--release",
+        "-p",
+        "pgsvc-tests",
+        "--bin",
+        "demo",
+        "--",
+    ])
+    .env("PGSVC_BIN", &pgsvc);
+    if non_interactive {
+        c.arg("--non-interactive");
+    }
+    println!("+ {}", cmd::display(&c));
+    // exec (cargo run execs the demo in turn): Ctrl-C and SIGTERM reach the demo itself, which
+    // tears the sandbox down, and its exit status is the command's.
+    use std::os::unix::process::CommandExt as _;
+    let err = c.exec();
+    Err(err).context("could not start cargo run")
 }
 
 fn main() -> ExitCode {

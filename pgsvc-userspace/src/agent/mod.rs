@@ -120,6 +120,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
     reserve_ports(&opts.snat_ports)?;
+    // Bound before the kernel is touched: a busy port fails the start with nothing to undo.
+    let listener = tokio::net::TcpListener::bind(opts.admin)
+        .await
+        .with_context(|| format!("binding the admin API on {}", opts.admin))?;
 
     let mut lo = LoadOptions::new(&opts.pin_dir, snat_addr);
     lo.max_flows = opts.max_flows;
@@ -128,13 +132,23 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if dp.adopted() {
         info!(pin_dir = %opts.pin_dir.display(), "adopting the datapath an earlier agent left pinned");
     }
-    let mode = dp
-        .attach(&opts.iface, opts.xdp_mode)
-        .with_context(|| format!("attaching XDP to {}", opts.iface))?;
+    let mode = match dp.attach(&opts.iface, opts.xdp_mode) {
+        Ok(mode) => mode,
+        Err(e) => {
+            abandon(dp);
+            return Err(e).with_context(|| format!("attaching XDP to {}", opts.iface));
+        }
+    };
     info!(iface = opts.iface, mode, mac = ?iface_mac, snat = %snat_addr, "datapath ready");
     let vip_added = match opts.vip {
         // An adopted datapath's VIP was added by the agent before us: ours to remove on exit too.
-        Some((addr, prefix)) => add_vip(&opts.iface, addr, prefix)? || dp.adopted(),
+        Some((addr, prefix)) => match add_vip(&opts.iface, addr, prefix) {
+            Ok(added) => added || dp.adopted(),
+            Err(e) => {
+                abandon(dp);
+                return Err(e);
+            }
+        },
         None => false,
     };
 
@@ -145,9 +159,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let status = Arc::new(RwLock::new(Status::default()));
-    let listener = tokio::net::TcpListener::bind(opts.admin)
-        .await
-        .with_context(|| format!("binding the admin API on {}", opts.admin))?;
     let admin_task = tokio::spawn(admin::serve(
         listener,
         status.clone(),
@@ -189,6 +200,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         dp.detach_and_unpin().context("detaching")?;
     }
     result
+}
+
+/// Undoes a start that failed after the datapath was loaded: a datapath of our own is detached and
+/// unpinned; an adopted one stays as it was, still serving for whoever started it.
+fn abandon(dp: XdpDatapath) {
+    if dp.adopted() {
+        dp.leave_pinned();
+    } else if let Err(e) = dp.detach_and_unpin() {
+        warn!(error = %e, "cleaning up after a failed start");
+    }
 }
 
 /// The services of every selected cluster.

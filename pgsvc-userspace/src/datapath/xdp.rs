@@ -282,6 +282,17 @@ impl XdpDatapath {
     /// # Errors
     /// A missing object, a pin directory off bpffs, pins of another ABI version, a verifier rejection.
     pub fn load(opts: LoadOptions) -> Result<Self, DatapathError> {
+        let pin_dir = opts.pin_dir.clone();
+        let had_pins = pin_dir.join(map_names::CONFIG).exists();
+        let result = Self::load_inner(opts);
+        if result.is_err() && !had_pins {
+            // Nothing of ours may stay pinned after a failed load (a verifier rejection, say).
+            remove_pins(&pin_dir);
+        }
+        result
+    }
+
+    fn load_inner(opts: LoadOptions) -> Result<Self, DatapathError> {
         if OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
@@ -618,15 +629,7 @@ impl XdpDatapath {
             }
             info!(iface = a.iface, "XDP program detached");
         }
-        for name in map_names::ALL {
-            let path = self.opts.pin_dir.join(name);
-            if let Err(e) = fs::remove_file(&path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!(path = %path.display(), error = %e, "removing a map pin failed");
-            }
-        }
-        let _ = fs::remove_dir(&self.opts.pin_dir);
+        remove_pins(&self.opts.pin_dir);
         Ok(())
     }
 
@@ -1375,6 +1378,19 @@ fn if_index(iface: &str) -> Result<u32, DatapathError> {
         });
     }
     Ok(idx)
+}
+
+/// Removes every map pin of ours under `dir`, then `dir` itself if it is empty.
+fn remove_pins(dir: &Path) {
+    for name in map_names::ALL {
+        let path = dir.join(name);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %path.display(), error = %e, "removing a map pin failed");
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns`.
