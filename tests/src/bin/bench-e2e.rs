@@ -1117,17 +1117,20 @@ fn lb_window(recs: &[(f64, f64, bool)], event: f64) -> Option<f64> {
 /// old primary's first failed write after the event to the first write committed by the node that
 /// takes writes at the end (after its own last failure). Returns (window, old index, new index).
 fn oracle_window(probes: &[Vec<(f64, f64, bool)>], event: f64) -> Option<(f64, usize, usize)> {
-    let old = probes.iter().position(|recs| {
-        recs.iter()
-            .filter(|r| r.0 < event)
-            .next_back()
-            .is_some_and(|r| r.2)
-    })?;
+    let old = probes
+        .iter()
+        .position(|recs| recs.iter().rfind(|r| r.0 < event).is_some_and(|r| r.2))?;
     // the writer at the end: the probe with the latest committed write
     let new = probes
         .iter()
         .enumerate()
-        .filter_map(|(i, recs)| recs.iter().filter(|r| r.2).map(|r| r.1).reduce(f64::max).map(|t| (i, t)))
+        .filter_map(|(i, recs)| {
+            recs.iter()
+                .filter(|r| r.2)
+                .map(|r| r.1)
+                .reduce(f64::max)
+                .map(|t| (i, t))
+        })
         .max_by(|a, b| a.1.total_cmp(&b.1))?
         .0;
     let Some(first_fail) = probes[old]
@@ -2649,6 +2652,7 @@ fn real_main() -> Result<()> {
         .collect();
     let quiet_throughout =
         quiet_at_start && new_during.is_empty() && foreign_cpu_s < 0.01 * run_wall_s;
+    let pgsvc_command = show(&pgsvc.command(Path::new("/sys/fs/bpf/<sandbox id>/bench-<n>")));
     let pgsvc_log_tail = tail(&fs::read_to_string(&pgsvc.log).unwrap_or_default(), 40);
     drop(pgsvc);
     drop(haproxy);
@@ -2697,7 +2701,7 @@ fn real_main() -> Result<()> {
             "placement": format!("direct = {}:{} (pg-test-1's pgbouncer); haproxy = {LB_ADDR}:{PRIMARY_PORT} (LB host address); pgsvc = VIP {VIP}:{PRIMARY_PORT}", NODES[0], PGBOUNCER_PORT),
             "inventory": "sandbox/pigsty.yml + pg_services: [ ".to_string() + IPERF_SERVICE + " ]",
             "haproxy_config": haproxy_text,
-            "pgsvc_command": show(&Command::new("pgsvc").args(["--netns", &sb.ns("lb"), "run", "--config", "pigsty-bench.yml", "--cluster", "pg-test", "--iface", "eth0", "--vip", VIP_CIDR, "--xdp-mode", "native", "--admin", ADMIN, "--pin-dir", "/sys/fs/bpf/<sandbox>/bench-N"])),
+            "pgsvc_command": pgsvc_command,
             "pass_program": "pgsvc::datapath::pass::PassProgram on the switch port `lb` while pgsvc runs",
             "pgbench_init": init_cmd,
             "iperf_server": format!("ip netns exec {} iperf3 -s -B {} -p {IPERF_PORT}", sb.ns("n1"), NODES[0]),
