@@ -691,6 +691,26 @@ impl XdpDatapath {
         e
     }
 
+    /// Zeroes the per-CPU traffic counters of a slot that changes hands.
+    fn zero_stats(
+        map: &mut PerCpuArray<MapData, TrafficStats>,
+        id: u32,
+        name: &'static str,
+    ) -> Result<(), DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io {
+            op: "counting CPUs in",
+            path: PathBuf::from("/sys/devices/system/cpu/possible"),
+            source: e,
+        })?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); cpus])
+            .map_err(|source| DatapathError::Io {
+                op: "building zeroed per-CPU values for",
+                path: PathBuf::from(name),
+                source,
+            })?;
+        map.set(id, zeros, 0).map_err(map_err(name, "zero"))
+    }
+
     fn reset_backend_counters(&mut self, id: u32) -> Result<(), DatapathError> {
         self.maps
             .backend_conns
@@ -777,6 +797,7 @@ impl XdpDatapath {
             .ok_or(DatapathError::TooManyBackends)?;
         let epoch = self.bump_epoch();
         self.reset_backend_counters(id)?;
+        Self::zero_stats(&mut self.maps.backend_stats, id, map_names::BACKEND_STATS)?;
         Ok((id, epoch))
     }
 
@@ -1104,6 +1125,7 @@ impl Datapath for XdpDatapath {
                             .svc_released
                             .set(id, 0, 0)
                             .map_err(map_err(map_names::SVC_RELEASED, "write"))?;
+                        Self::zero_stats(&mut self.maps.svc_stats, id, map_names::SVC_STATS)?;
                         // An empty live set until backends are written.
                         for g in 0..GENERATIONS {
                             self.maps
