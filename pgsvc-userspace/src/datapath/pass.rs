@@ -19,6 +19,31 @@ pub struct PassProgram {
     pin: Option<PathBuf>,
 }
 
+/// Loads the pass object and its program into the kernel.
+fn load() -> Result<Ebpf, DatapathError> {
+    if PASS_OBJECT.is_empty() {
+        return Err(DatapathError::NoObject);
+    }
+    let mut ebpf = Ebpf::load(PASS_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+    program(&mut ebpf)?
+        .load()
+        .map_err(|e| DatapathError::Program {
+            program: programs::PASS,
+            source: Box::new(e),
+        })?;
+    Ok(ebpf)
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    ebpf.program_mut(programs::PASS)
+        .ok_or(DatapathError::MissingMap { map: "program" })?
+        .try_into()
+        .map_err(|e| DatapathError::Program {
+            program: programs::PASS,
+            source: Box::new(e),
+        })
+}
+
 impl PassProgram {
     /// Attaches the pass program to `iface` (in the calling thread's namespace), native mode. With
     /// `pin`, the link is pinned there and outlives this process.
@@ -26,22 +51,8 @@ impl PassProgram {
     /// # Errors
     /// Missing object, unknown interface, or the kernel refusing native XDP.
     pub fn attach(iface: &str, pin: Option<&Path>) -> Result<Self, DatapathError> {
-        if PASS_OBJECT.is_empty() {
-            return Err(DatapathError::NoObject);
-        }
-        let mut ebpf = Ebpf::load(PASS_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(programs::PASS)
-            .ok_or(DatapathError::MissingMap { map: "program" })?
-            .try_into()
-            .map_err(|e| DatapathError::Program {
-                program: programs::PASS,
-                source: Box::new(e),
-            })?;
-        prog.load().map_err(|e| DatapathError::Program {
-            program: programs::PASS,
-            source: Box::new(e),
-        })?;
+        let mut ebpf = load()?;
+        let prog = program(&mut ebpf)?;
         let (ifindex, _) =
             super::neigh::interface(iface).ok_or_else(|| DatapathError::NoInterface {
                 iface: iface.to_owned(),
@@ -94,22 +105,8 @@ pub fn unpin(pin: &Path) -> std::io::Result<()> {
 /// Missing object or a refused load/run.
 pub fn baseline_run(frame: &[u8], repeat: u32) -> Result<std::time::Duration, DatapathError> {
     use aya::programs::{TestRun, TestRunOptions};
-    if PASS_OBJECT.is_empty() {
-        return Err(DatapathError::NoObject);
-    }
-    let mut ebpf = Ebpf::load(PASS_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(programs::PASS)
-        .ok_or(DatapathError::MissingMap { map: "program" })?
-        .try_into()
-        .map_err(|e| DatapathError::Program {
-            program: programs::PASS,
-            source: Box::new(e),
-        })?;
-    prog.load().map_err(|e| DatapathError::Program {
-        program: programs::PASS,
-        source: Box::new(e),
-    })?;
+    let mut ebpf = load()?;
+    let prog = program(&mut ebpf)?;
     let mut out = vec![0u8; frame.len() + 256];
     let r = prog
         .test_run(TestRunOptions {

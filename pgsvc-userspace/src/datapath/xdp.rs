@@ -666,19 +666,7 @@ impl XdpDatapath {
         self.unclaimed_services.clear();
         let stale_backends: Vec<(u32, Backend)> = self.unclaimed_backends.drain().collect();
         for (id, be) in stale_backends {
-            let epoch = self.bump_epoch();
-            self.maps
-                .backends
-                .set(
-                    id,
-                    Backend {
-                        epoch,
-                        ..Default::default()
-                    },
-                    0,
-                )
-                .map_err(map_err(map_names::BACKENDS, "write"))?;
-            self.reset_backend_counters(id)?;
+            self.retire_backend_slot(id)?;
             debug!(id, addr = %Ipv4Addr::from(be.addr.to_ne_bytes()), "released a stale backend slot");
             self.free_backends.push(id);
         }
@@ -689,6 +677,21 @@ impl XdpDatapath {
         let e = self.next_epoch;
         self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
         e
+    }
+
+    /// Takes a backend slot out of use: a fresh epoch (so every flow still pointing at it is reset
+    /// at its next packet, and flushed by the caller) and zeroed connection counters.
+    fn retire_backend_slot(&mut self, id: u32) -> Result<(), DatapathError> {
+        let epoch = self.bump_epoch();
+        let blank = Backend {
+            epoch,
+            ..Default::default()
+        };
+        self.maps
+            .backends
+            .set(id, blank, 0)
+            .map_err(map_err(map_names::BACKENDS, "write"))?;
+        self.reset_backend_counters(id)
     }
 
     /// Zeroes the per-CPU traffic counters of a slot that changes hands.
@@ -1193,19 +1196,7 @@ impl Datapath for XdpDatapath {
             .map_err(map_err(map_names::SVC_STATE, "write"))?;
         let mut flushed = Vec::new();
         for be in entry.backends.values() {
-            let epoch = self.bump_epoch();
-            self.maps
-                .backends
-                .set(
-                    be.id,
-                    Backend {
-                        epoch,
-                        ..Default::default()
-                    },
-                    0,
-                )
-                .map_err(map_err(map_names::BACKENDS, "write"))?;
-            self.reset_backend_counters(be.id)?;
+            self.retire_backend_slot(be.id)?;
             flushed.push(be.id);
         }
         self.flush_flows_of(&flushed);
@@ -1315,19 +1306,7 @@ impl XdpDatapath {
             std::mem::take(&mut entry.backends).into_values().collect();
         let mut freed = Vec::new();
         for be in &leaving {
-            let epoch = self.bump_epoch();
-            self.maps
-                .backends
-                .set(
-                    be.id,
-                    Backend {
-                        epoch,
-                        ..Default::default()
-                    },
-                    0,
-                )
-                .map_err(map_err(map_names::BACKENDS, "write"))?;
-            self.reset_backend_counters(be.id)?;
+            self.retire_backend_slot(be.id)?;
             flush.push(be.id);
             freed.push(be.id);
         }
