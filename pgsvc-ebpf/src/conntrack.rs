@@ -128,22 +128,14 @@ fn established(
         Ok(hop) => hop,
         Err(reason) => return Ok(Verdict::drop(reason)),
     };
-    nat::xlate_v4(
-        ctx,
-        pkt,
-        &Tuple {
-            saddr: cfg.snat_addr,
-            sport: flow.snat_port,
-            daddr: flow.backend_addr,
-            dport: flow.backend_port,
-        },
-    )?;
-    xmit::set_macs(ctx, &hop.dst, &hop.src)?;
+    let to = Tuple {
+        saddr: cfg.snat_addr,
+        sport: flow.snat_port,
+        daddr: flow.backend_addr,
+        dport: flow.backend_port,
+    };
     stats::count_in(flow.svc_id, flow.backend_id, pkt.payload_len);
-    Ok(Verdict {
-        action: xmit::send(ctx, hop.ifindex),
-        reason: Reason::FwdEstablished,
-    })
+    nat::rewrite_and_send(ctx, pkt, &to, &hop, Reason::FwdEstablished)
 }
 
 #[inline(always)]
@@ -247,22 +239,14 @@ fn admit(
         s.new_flows += 1;
     }
 
-    nat::xlate_v4(
-        ctx,
-        pkt,
-        &Tuple {
-            saddr: cfg.snat_addr,
-            sport: snat_port,
-            daddr: be.addr,
-            dport: be.port,
-        },
-    )?;
-    xmit::set_macs(ctx, &hop.dst, &hop.src)?;
+    let to = Tuple {
+        saddr: cfg.snat_addr,
+        sport: snat_port,
+        daddr: be.addr,
+        dport: be.port,
+    };
     stats::count_in(svc_id, backend_id, pkt.payload_len);
-    Ok(Verdict {
-        action: xmit::send(ctx, hop.ifindex),
-        reason: Reason::FwdNew,
-    })
+    nat::rewrite_and_send(ctx, pkt, &to, &hop, Reason::FwdNew)
 }
 
 /// Claims a free SNAT port toward this backend by inserting the reverse entry; tries a few hashed
@@ -366,20 +350,17 @@ pub fn reverse(ctx: &XdpContext, pkt: &Pkt) -> Result<Verdict, Reason> {
             close_flow(unsafe { &mut *flow });
         }
     }
-    nat::xlate_v4(
-        ctx,
-        pkt,
-        &Tuple {
-            saddr: rev.vip,
-            sport: rev.vport,
-            daddr: rev.client_addr,
-            dport: rev.client_port,
-        },
-    )?;
-    xmit::set_macs(ctx, &rev.client_mac, &rev.lb_mac)?;
+    let to = Tuple {
+        saddr: rev.vip,
+        sport: rev.vport,
+        daddr: rev.client_addr,
+        dport: rev.client_port,
+    };
+    let hop = xmit::Hop {
+        dst: rev.client_mac,
+        src: rev.lb_mac,
+        ifindex: rev.client_ifindex,
+    };
     stats::count_out(rev.svc_id, rev.backend_id, pkt.payload_len);
-    Ok(Verdict {
-        action: xmit::send(ctx, rev.client_ifindex),
-        reason: Reason::Reverse,
-    })
+    nat::rewrite_and_send(ctx, pkt, &to, &hop, Reason::Reverse)
 }

@@ -7,7 +7,11 @@ use pgsvc_ebpf::csum::{replace16, replace32};
 
 use aya_ebpf::programs::XdpContext;
 
-use crate::parse::{Pkt, ptr_at};
+use crate::{
+    Verdict,
+    parse::{Pkt, ptr_at},
+    xmit::{self, Hop},
+};
 
 /// The new 4-tuple of a packet (network order).
 pub struct Tuple {
@@ -40,4 +44,21 @@ pub fn xlate_v4(ctx: &XdpContext, pkt: &Pkt, to: &Tuple) -> Result<(), Reason> {
         (*th).dest = to.dport.to_ne_bytes();
     }
     Ok(())
+}
+
+/// Rewrites the 4-tuple and the MACs, then hands the frame to `hop`'s interface.
+#[inline(always)]
+pub fn rewrite_and_send(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    to: &Tuple,
+    hop: &Hop,
+    reason: Reason,
+) -> Result<Verdict, Reason> {
+    xlate_v4(ctx, pkt, to)?;
+    xmit::set_macs(ctx, &hop.dst, &hop.src)?;
+    Ok(Verdict {
+        action: xmit::send(ctx, hop.ifindex),
+        reason,
+    })
 }
