@@ -155,7 +155,14 @@ pub fn pgsvc_binary() -> PathBuf {
 pub fn preflight() -> Result<(), String> {
     match Command::new(pgsandbox_path()).arg("preflight").output() {
         Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let text = text.trim();
+            Err(text
+                .split_once("error: ")
+                .map_or(text, |(_, why)| why)
+                .to_owned())
+        }
         Err(e) => Err(format!("cannot run {}: {e}", pgsandbox_path().display())),
     }
 }
@@ -164,7 +171,15 @@ pub fn preflight() -> Result<(), String> {
 /// sandbox's packages are missing outside CI. On CI (`CI` set) missing packages are a failure:
 /// `cargo xtask setup` installs them, so their absence there is a broken setup, not a reason to skip.
 pub fn require_sandbox(test: &str) -> bool {
-    if !crate::require_root(test) {
+    // Straight to stderr: libtest captures eprintln!, and a skip must show in `cargo xtask test`.
+    let say = |line: String| {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        say(format!(
+            "SKIPPED {test}: needs root (network namespaces, XDP, daemons); run `cargo xtask test` as root"
+        ));
         return false;
     }
     match preflight() {
@@ -176,10 +191,10 @@ pub fn require_sandbox(test: &str) -> bool {
                 "{test}: the real-cluster sandbox cannot run on this CI machine: {why} \
                  (`cargo xtask setup` installs its packages: sandbox/pgsandbox install)"
             );
-            eprintln!(
+            say(format!(
                 "SKIPPED {test}: the sandbox's packages are missing ({why}); \
                  run `cargo xtask setup` (or sandbox/pgsandbox install) as root"
-            );
+            ));
             false
         }
     }
@@ -706,6 +721,28 @@ impl Sandbox {
     }
 }
 
+/// `2026-11-25T20:32:39.202797Z` → epoch seconds.
+pub fn parse_rfc3339_utc(ts: &str) -> Option<f64> {
+    let ts = ts.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + sec)
+}
+
 /// `event <epoch>` as pgsandbox prints it after a switchover or kill-primary.
 fn parse_event(text: &str) -> Option<f64> {
     text.lines()
@@ -798,6 +835,15 @@ impl Pgsvc {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Epoch times of the log lines containing `needle` (pgsvc logs UTC RFC 3339 timestamps).
+    pub fn log_times(&self, needle: &str) -> Vec<f64> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| parse_rfc3339_utc(l.split_whitespace().next()?))
+            .collect()
     }
 
     /// Stops it (SIGTERM, bounded wait); its exit status if it exited.
@@ -936,4 +982,37 @@ pub fn open_raw_session(sb: &Sandbox, port: u16) -> std::io::Result<TcpStream> {
         }
         Ok(s)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_timestamps() {
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(
+            parse_rfc3339_utc("2000-03-01T00:00:00Z"),
+            Some(951_868_800.0)
+        );
+        let t = parse_rfc3339_utc("2026-11-25T20:32:39.25Z").expect("parses");
+        assert!((t - 1_795_638_759.25).abs() < 1e-6, "{t}");
+        assert_eq!(parse_rfc3339_utc("2026-11-25 20:32:39"), None);
+    }
+
+    #[test]
+    fn event_lines() {
+        assert_eq!(
+            parse_event("x\nevent 1795638366.119\n"),
+            Some(1_795_638_366.119)
+        );
+        assert_eq!(parse_event("no event here"), None);
+    }
+
+    #[test]
+    fn ids_fit_pgsandbox() {
+        let id = unique_id("te");
+        assert!(id.starts_with("te") && id.len() <= 12, "{id}");
+        assert_ne!(unique_id("te"), unique_id("te"));
+    }
 }

@@ -138,14 +138,27 @@ fn member_label(addr: &str) -> String {
     Member::by_addr(addr).map_or_else(|| addr.to_owned(), |m| format!("{} ({addr})", m.name))
 }
 
-/// Prints one line per second with what the probes did in that second, until `stop` is set.
-fn ticker(
-    write_file: PathBuf,
-    read_file: PathBuf,
+/// The live view: a thread printing one line per second with what the probes did in that second;
+/// stopped and joined on drop (also when the round ends early with an error).
+struct Ticker {
     stop: Arc<AtomicBool>,
-    t_ref: f64,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn ticker(write_file: PathBuf, read_file: PathBuf, t_ref: f64) -> Ticker {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let stop = flag;
         let mut from = epoch();
         while !stop.load(Ordering::SeqCst) && !stopped() {
             std::thread::sleep(Duration::from_secs(1));
@@ -165,7 +178,11 @@ fn ticker(
             let _ = std::io::stdout().flush();
             from = to;
         }
-    })
+    });
+    Ticker {
+        stop,
+        handle: Some(handle),
+    }
 }
 
 /// (ok, failed, nodes that answered) of a probe file's attempts that started in [from, to).
@@ -259,14 +276,7 @@ fn switchover_round(
         "writes commit on {}",
         member_label(&leader.addr.to_string())
     ));
-    let tick_stop = Arc::new(AtomicBool::new(false));
-    let t_ref = epoch();
-    let tick = ticker(
-        writes.out.clone(),
-        reads.out.clone(),
-        tick_stop.clone(),
-        t_ref,
-    );
+    let tick = ticker(writes.out.clone(), reads.out.clone(), epoch());
     if n.interactive {
         println!(
             "\n    Load is running. Press Enter to switch over (Ctrl-C tears everything down).\n"
@@ -289,8 +299,7 @@ fn switchover_round(
     let resumed = writes.wait_success_on(f.new.addr, f.event_t, Duration::from_secs(40));
     check_stop()?;
     pause(Duration::from_secs(2))?;
-    tick_stop.store(true, Ordering::SeqCst);
-    let _ = tick.join();
+    drop(tick);
     writes.stop();
     reads.stop();
     n.done("switchover finished, cluster healthy, load stopped");
@@ -351,6 +360,28 @@ fn switchover_round(
         }
     }
     println!("      longest gap between commits {}s", ev["max_gap_s"]);
+    let first_after = |needle: String| {
+        agent
+            .log_times(&needle)
+            .into_iter()
+            .find(|t| *t >= f.event_t)
+    };
+    let fmt_s = |t: Option<f64>, from: f64| {
+        t.map_or_else(|| "?".to_owned(), |t| format!("{:.2}", t - from))
+    };
+    println!(
+        "      pgsvc                {} DOWN in pg-test-primary {}s after the command, {} UP {}s after the promotion",
+        f.old.name,
+        fmt_s(
+            first_after(format!("pg-test-primary/{} is DOWN", f.old.name)),
+            f.event_t
+        ),
+        f.new.name,
+        fmt_s(
+            first_after(format!("pg-test-primary/{} is UP", f.new.name)),
+            f.promoted_t
+        ),
+    );
     if resumed.is_none() {
         ok = false;
         println!(
@@ -408,7 +439,6 @@ fn switchover_round(
         "      (5434's active server is the inventory's replica, pg-test-2, whatever its live role: \
          Patroni answers /read-only with 200 on a primary too, as HAProxy sees it)"
     );
-    let _ = agent;
     Ok(ok)
 }
 
