@@ -64,6 +64,8 @@ pub struct AgentRig {
     _pass: NsWorker<Option<pgsvc::datapath::pass::PassProgram>>,
     pub topo: Topology,
     pub pins: PinDir,
+    /// Extra `pgsvc run` arguments.
+    pub agent_args: Vec<String>,
 }
 
 /// The `pgsvc` binary built beside the test (cargo xtask test builds it first).
@@ -89,6 +91,11 @@ impl AgentRig {
     /// Builds the hosts, starts the stand-ins with the inventory roles, writes `inventory_text` and
     /// starts the agent; waits until it reports ready.
     pub fn start(inventory_text: &str, stub_bin: &str) -> Self {
+        Self::start_with(inventory_text, stub_bin, &[])
+    }
+
+    /// As [`AgentRig::start`], with extra `pgsvc run` arguments.
+    pub fn start_with(inventory_text: &str, stub_bin: &str, agent_args: &[&str]) -> Self {
         let topo = Topology::new(&[
             ("cl", CLIENT),
             ("lb", LB),
@@ -141,6 +148,7 @@ impl AgentRig {
             _pass: pass,
             topo,
             pins: PinDir::new("agent"),
+            agent_args: agent_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         rig.start_agent();
         rig
@@ -171,6 +179,7 @@ impl AgentRig {
             .args(["--admin", &format!("{LB}:{ADMIN_PORT}"), "--pin-dir"])
             .arg(self.pins.path())
             .args(["--log", "info"])
+            .args(&self.agent_args)
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         self.agent = Some(ChildGuard::spawn(cmd));

@@ -60,12 +60,13 @@ fn services_follow_live_roles_and_fall_back_to_backups() {
     assert_eq!(set(&rig.land(5434, 4)), names(&["pg-test-2:6432"]));
 }
 
-#[test]
-fn switchover_moves_5433_within_the_timer_bounds_and_resets_the_old_sessions() {
-    if !require_root("switchover_bounds") {
-        return;
+/// A switchover under norm timers; returns (last connection to the demoted primary, first to the new
+/// one) after the role flip.
+fn switchover(test: &str, agent_args: &[&str]) -> Option<(Option<Duration>, Duration)> {
+    if !require_root(test) {
+        return None;
     }
-    let rig = AgentRig::start(&inventory(NORM, ""), stub());
+    let rig = AgentRig::start_with(&inventory(NORM, ""), stub(), agent_args);
     let mut old = rig.connect(5433).expect("connect");
     assert_eq!(old.server, "pg-test-1:6432");
     // norm timers: DOWN within inter + (fall-1)·fastinter = 2 + 2·1 s; UP within downinter +
@@ -123,6 +124,32 @@ fn switchover_moves_5433_within_the_timer_bounds_and_resets_the_old_sessions() {
     let log = rig.log_text();
     assert!(log.contains("pg-test-primary/pg-test-1 is DOWN"), "{log}");
     assert!(log.contains("pg-test-primary/pg-test-2 is UP"), "{log}");
+    Some((last_old, first_new))
+}
+
+#[test]
+fn switchover_with_haproxy_schedule_stays_within_the_timer_bounds() {
+    // `--check-burst 0`: inter/fastinter/downinter exactly as HAProxy schedules them.
+    let _ = switchover("switchover_haproxy_schedule", &["--check-burst", "0"]);
+}
+
+#[test]
+fn switchover_with_burst_checks_is_faster_and_resets_the_old_sessions() {
+    let Some((last_old, first_new)) = switchover("switchover_burst", &[]) else {
+        return;
+    };
+    // Burst checking: rise/fall still count 3, but at 100 ms once a change is under way and right
+    // after the old primary went DOWN. The new primary takes writes well inside HAProxy's bound.
+    assert!(
+        first_new <= Duration::from_millis(3500),
+        "new primary first used {first_new:?} after the flip"
+    );
+    if let Some(t) = last_old {
+        assert!(
+            t <= Duration::from_millis(3500),
+            "demoted primary still used {t:?} after the flip"
+        );
+    }
 }
 
 #[test]

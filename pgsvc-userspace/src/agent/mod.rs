@@ -13,7 +13,7 @@
 pub mod status;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, RwLock},
@@ -35,8 +35,8 @@ use crate::{
         AttachMode, BackendSpec, Datapath, LoadOptions, ServiceSpec, Timeouts, XdpDatapath, neigh,
     },
     health::{
-        HealthEvent, HealthMonitor, HealthState, ServerHealth, TlsSettings, log_transition,
-        servers_checked_by,
+        Burst, CheckKey, HealthEvent, HealthMonitor, HealthState, ServerHealth, TlsSettings,
+        log_transition, servers_checked_by,
     },
     plan::{self, Balance, BindAddr, Plan, ServicePlan},
 };
@@ -63,6 +63,8 @@ pub struct AgentOptions {
     /// CA bundle for checks of `patroni_ssl_enabled` members.
     pub ca_file: Option<PathBuf>,
     pub timeouts: Timeouts,
+    /// Burst checking during transitions and outages (`None`: HAProxy's schedule exactly).
+    pub check_burst: Option<Duration>,
 }
 
 /// How long after start a service may wait for its first check results before it is written with
@@ -152,10 +154,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         None => false,
     };
 
-    let (monitor, events) = HealthMonitor::new(TlsSettings {
+    let (mut monitor, events) = HealthMonitor::new(TlsSettings {
         ca_file: opts.ca_file.clone(),
         verify_hostname: false,
     });
+    monitor.set_burst(opts.check_burst.map(|interval| Burst { interval }));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let status = Arc::new(RwLock::new(Status::default()));
@@ -178,6 +181,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         dp,
         monitor,
         applied: HashMap::new(),
+        hurried: HashSet::new(),
         next_steps: HashMap::new(),
         down_since: HashMap::new(),
         downtime: HashMap::new(),
@@ -249,6 +253,8 @@ struct Agent {
     monitor: HealthMonitor,
     /// What each service's backends were last written as.
     applied: HashMap<String, Vec<BackendSpec>>,
+    /// Checks of services that have no usable server (checked at the burst interval).
+    hurried: HashSet<CheckKey>,
     /// Pending slowstart steps per service.
     next_steps: HashMap<String, Instant>,
     /// For `downtime_seconds`: when each (service, server) went DOWN, and time accumulated.
@@ -319,7 +325,9 @@ impl Agent {
             self.next_steps.remove(&name);
             self.rebalance(&name);
         }
-        if !self.ready {
+        if self.ready {
+            self.update_hurry();
+        } else {
             self.rebalance_all();
         }
         if ticks.is_multiple_of(NEIGH_EVERY)
@@ -380,8 +388,37 @@ impl Agent {
             };
             log_transition(&svc_name, &srv_name, &ev.transition, &ev.outcome, counts);
             self.rebalance(&svc_name);
+            // A role moved: the other servers of this service are likely changing too (the new
+            // primary of a switchover), so check them now rather than at their next interval.
+            if let Some(svc) = self.services.iter().find(|s| s.name == svc_name) {
+                for srv in svc.servers.iter().filter(|s| s.name != srv_name) {
+                    self.monitor.poke(&CheckKey::for_server(svc, srv));
+                }
+            }
         }
+        self.update_hurry();
         self.publish();
+    }
+
+    /// Services without any usable server get their checks hurried (see [`Burst`]).
+    fn update_hurry(&mut self) {
+        let mut want = HashSet::new();
+        for svc in &self.services {
+            if !self.applied.contains_key(&svc.name) {
+                continue;
+            }
+            let c = self.balanced(svc).counts;
+            if c.active == 0 && c.backup == 0 {
+                want.extend(svc.servers.iter().map(|srv| CheckKey::for_server(svc, srv)));
+            }
+        }
+        for key in want.difference(&self.hurried) {
+            self.monitor.hurry(key, true);
+        }
+        for key in self.hurried.difference(&want) {
+            self.monitor.hurry(key, false);
+        }
+        self.hurried = want;
     }
 
     fn rebalance_all(&mut self) {
@@ -389,6 +426,7 @@ impl Agent {
         for n in names {
             self.rebalance(&n);
         }
+        self.update_hurry();
         if !self.ready
             && self
                 .services
@@ -517,6 +555,7 @@ impl Agent {
         for n in names {
             self.rebalance(&n);
         }
+        self.update_hurry();
         Ok(format!(
             "{added} added, {changed} changed, {removed} removed, {} unchanged",
             new.len() - added - changed

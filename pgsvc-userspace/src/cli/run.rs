@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// Idle timeout of established connections, seconds (HAProxy `timeout client/server`).
     #[arg(long, default_value_t = 86400)]
     pub idle_timeout: u64,
+    /// Check interval, in milliseconds, while a server's health is changing, while its service has
+    /// no usable server, and once right after another server of its service changed state. rise/fall
+    /// still count as configured; 0 keeps HAProxy's inter/fastinter/downinter schedule to the letter.
+    #[arg(long, default_value_t = 100)]
+    pub check_burst: u64,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -112,6 +117,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_flows: args.max_flows,
         keep: args.keep,
         ca_file: args.ca_file,
+        check_burst: (args.check_burst > 0).then(|| Duration::from_millis(args.check_burst)),
         timeouts: Timeouts {
             idle_ns: args.idle_timeout.saturating_mul(1_000_000_000),
             ..Timeouts::default()
@@ -123,6 +129,5 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(agent::run(opts))?;
-    let _ = Duration::ZERO;
     Ok(ExitCode::SUCCESS)
 }

@@ -195,6 +195,29 @@ pub enum HealthError {
 struct Checker {
     health: watch::Receiver<ServerHealth>,
     task: JoinHandle<()>,
+    pace: Arc<Pace>,
+}
+
+/// How a checker may deviate from HAProxy's schedule to shorten an outage (see [`Burst`]).
+#[derive(Default)]
+struct Pace {
+    /// The server belongs to a service that has no usable server: check a DOWN server at the burst
+    /// interval instead of `downinter`.
+    hurry: std::sync::atomic::AtomicBool,
+    /// Wakes the checker for an immediate out-of-schedule check.
+    poke: tokio::sync::Notify,
+}
+
+/// Faster sampling while something is changing. HAProxy checks at `fastinter` while a server's health
+/// counter is between its settled values, and at `downinter` while it is DOWN. With a burst interval,
+/// pgsvc checks every `interval` instead (1) in those transitional states, (2) while the server's
+/// service has no usable server, and (3) once right away when another server of its service changed
+/// state. rise and fall keep their meaning — as many consecutive results are needed — so flapping is
+/// damped exactly as before, but a switchover or a failover is seen in a fraction of the time.
+/// `None` keeps HAProxy's schedule to the letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Burst {
+    pub interval: Duration,
 }
 
 /// All running checks. Call [`HealthMonitor::sync`] with the services of the current plan (at start
@@ -204,6 +227,7 @@ pub struct HealthMonitor {
     tls: Arc<TlsSettings>,
     events: mpsc::UnboundedSender<HealthEvent>,
     checkers: HashMap<CheckKey, Checker>,
+    burst: Option<Burst>,
 }
 
 impl HealthMonitor {
@@ -217,8 +241,34 @@ impl HealthMonitor {
             tls: Arc::new(tls),
             events,
             checkers: HashMap::new(),
+            burst: None,
         };
         (monitor, rx)
+    }
+
+    /// Enables (or, with `None`, disables) burst checking for checks started from now on and for the
+    /// running ones at their next sleep.
+    pub fn set_burst(&mut self, burst: Option<Burst>) {
+        self.burst = burst;
+    }
+
+    /// Marks a check as belonging to a service in outage (no usable server); see [`Burst`].
+    pub fn hurry(&self, key: &CheckKey, on: bool) {
+        if let Some(c) = self.checkers.get(key) {
+            c.pace.hurry.store(on, std::sync::atomic::Ordering::Relaxed);
+            if on {
+                c.pace.poke.notify_one();
+            }
+        }
+    }
+
+    /// Runs a check now (out of schedule) when burst checking is on.
+    pub fn poke(&self, key: &CheckKey) {
+        if self.burst.is_some()
+            && let Some(c) = self.checkers.get(key)
+        {
+            c.pace.poke.notify_one();
+        }
     }
 
     /// Makes the running checks match `services`: starts the missing ones (first check at once),
@@ -278,8 +328,20 @@ impl HealthMonitor {
 
     fn spawn(&self, key: CheckKey, prober: Prober) -> Checker {
         let (tx, rx) = watch::channel(ServerHealth::unknown());
-        let task = tokio::spawn(run_checker(key, prober, tx, self.events.clone()));
-        Checker { health: rx, task }
+        let pace = Arc::new(Pace::default());
+        let task = tokio::spawn(run_checker(
+            key,
+            prober,
+            tx,
+            self.events.clone(),
+            pace.clone(),
+            self.burst,
+        ));
+        Checker {
+            health: rx,
+            task,
+            pace,
+        }
     }
 
     /// The current snapshot of a check; `None` when no such check runs.
@@ -349,6 +411,8 @@ async fn run_checker(
     prober: Prober,
     health: watch::Sender<ServerHealth>,
     events: mpsc::UnboundedSender<HealthEvent>,
+    pace: Arc<Pace>,
+    burst: Option<Burst>,
 ) {
     let mut counter = HealthCounter::new(key.params);
     let mut last_reason: Option<String> = None;
@@ -379,7 +443,30 @@ async fn run_checker(
                 health: snapshot,
             });
         }
-        tokio::time::sleep(counter.interval().max(MIN_INTERVAL)).await;
+        let wait = next_interval(&counter, &pace, burst).max(MIN_INTERVAL);
+        if burst.is_some() {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = pace.poke.notified() => {}
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// HAProxy's interval for the counter's state, shortened by a burst where [`Burst`] says so.
+fn next_interval(counter: &HealthCounter, pace: &Pace, burst: Option<Burst>) -> Duration {
+    let haproxy = counter.interval();
+    let Some(burst) = burst else { return haproxy };
+    let settled = counter.health() == counter.params().max_health()
+        || (counter.state() == HealthState::Down && counter.health() == 0);
+    let in_outage =
+        pace.hurry.load(std::sync::atomic::Ordering::Relaxed) && counter.state() != HealthState::Up;
+    if !settled || in_outage {
+        haproxy.min(burst.interval)
+    } else {
+        haproxy
     }
 }
 
@@ -574,5 +661,56 @@ mod tests {
         assert_eq!(key.timeout, Duration::from_secs(1));
         assert_eq!(key.target.port, 8008);
         assert_eq!(key.target.uri, "/primary");
+    }
+}
+
+#[cfg(test)]
+mod burst_tests {
+    use super::*;
+
+    fn params() -> CounterParams {
+        CounterParams {
+            rise: 3,
+            fall: 3,
+            inter: Duration::from_secs(2),
+            fastinter: Duration::from_secs(1),
+            downinter: Duration::from_secs(5),
+        }
+    }
+
+    const BURST: Option<Burst> = Some(Burst {
+        interval: Duration::from_millis(100),
+    });
+
+    #[test]
+    fn burst_only_shortens_transitions_and_outages() {
+        let t = Instant::now();
+        let pace = Pace::default();
+        let mut c = HealthCounter::new(params());
+        // Settled UP (the first result decides): HAProxy's `inter`, burst or not.
+        assert!(c.record(true, t).is_some());
+        assert_eq!(next_interval(&c, &pace, BURST), Duration::from_secs(2));
+        // One failure: transitional. HAProxy uses fastinter, burst uses its interval.
+        assert!(c.record(false, t).is_none());
+        assert_eq!(next_interval(&c, &pace, None), Duration::from_secs(1));
+        assert_eq!(next_interval(&c, &pace, BURST), Duration::from_millis(100));
+        // fall still needs the configured number of failures.
+        assert!(c.record(false, t).is_none());
+        assert_eq!(c.record(false, t).map(|tr| tr.to), Some(HealthState::Down));
+        // Settled DOWN: downinter, unless the service is in an outage.
+        assert_eq!(next_interval(&c, &pace, BURST), Duration::from_secs(5));
+        pace.hurry.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(next_interval(&c, &pace, BURST), Duration::from_millis(100));
+        assert_eq!(
+            next_interval(&c, &pace, None),
+            Duration::from_secs(5),
+            "no burst: HAProxy exactly"
+        );
+        // rise still needs three passes.
+        assert!(c.record(true, t).is_none());
+        assert!(c.record(true, t).is_none());
+        assert_eq!(c.record(true, t).map(|tr| tr.to), Some(HealthState::Up));
+        // Back at full health, an outage flag no longer shortens anything.
+        assert_eq!(next_interval(&c, &pace, BURST), Duration::from_secs(2));
     }
 }
