@@ -104,7 +104,7 @@ fn switchover(test: &str, agent_args: &[&str]) -> Option<(Option<Duration>, Dura
     }
     let first_new = first_new.expect("the new primary never got a 5433 connection");
     eprintln!(
-        "switchover: last connection to the demoted primary at {last_old:?}, first to the new one at {first_new:?}"
+        "{test}: last connection to the demoted primary at {last_old:?}, first to the new one at {first_new:?}"
     );
     if let Some(t) = last_old {
         assert!(
