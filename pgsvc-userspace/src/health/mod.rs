@@ -206,6 +206,36 @@ struct Pace {
     hurry: std::sync::atomic::AtomicBool,
     /// Wakes the checker for an immediate out-of-schedule check.
     poke: tokio::sync::Notify,
+    /// Until when (ms on [`clock_ms`]) a peer's change keeps this check at the burst interval.
+    flux_until_ms: std::sync::atomic::AtomicU64,
+    /// The checks of the other servers of the services this server belongs to.
+    peers: std::sync::Mutex<Vec<std::sync::Weak<Pace>>>,
+}
+
+/// How long a change of one server keeps its service's other servers at the burst interval: covers a
+/// Patroni switchover (demote, then promote a few seconds later) without polling forever.
+const FLUX_MS: u64 = 10_000;
+
+/// Milliseconds since the first call: a monotonic clock shareable through an atomic.
+fn clock_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Pace {
+    /// A change under way here: the peers check at the burst interval for a while, starting now.
+    fn stir_peers(&self) {
+        let until = clock_ms().saturating_add(FLUX_MS);
+        let peers = match self.peers.lock() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for peer in peers.iter().filter_map(std::sync::Weak::upgrade) {
+            peer.flux_until_ms
+                .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+            peer.poke.notify_one();
+        }
+    }
 }
 
 /// Faster sampling while something is changing. HAProxy checks at `fastinter` while a server's health
@@ -282,8 +312,9 @@ impl HealthMonitor {
         &mut self,
         services: impl IntoIterator<Item = &'a ServicePlan>,
     ) -> Result<(), HealthError> {
+        let services: Vec<&ServicePlan> = services.into_iter().collect();
         let mut wanted: HashMap<CheckKey, Option<Prober>> = HashMap::new();
-        for service in services {
+        for service in services.iter().copied() {
             for server in &service.servers {
                 let key = CheckKey::for_server(service, server);
                 if wanted.contains_key(&key) {
@@ -310,7 +341,35 @@ impl HealthMonitor {
                 self.checkers.insert(key, checker);
             }
         }
+        self.link_peers(&services);
         Ok(())
+    }
+
+    /// Tells every check which other checks serve the same services (see [`Burst`]).
+    fn link_peers(&self, services: &[&ServicePlan]) {
+        let mut peers: HashMap<CheckKey, Vec<std::sync::Weak<Pace>>> = HashMap::new();
+        for service in services {
+            let keys: Vec<CheckKey> = service
+                .servers
+                .iter()
+                .map(|srv| CheckKey::for_server(service, srv))
+                .collect();
+            for key in &keys {
+                let list = peers.entry(key.clone()).or_default();
+                for other in keys.iter().filter(|k| *k != key) {
+                    if let Some(c) = self.checkers.get(other) {
+                        list.push(Arc::downgrade(&c.pace));
+                    }
+                }
+            }
+        }
+        for (key, checker) in &self.checkers {
+            let list = peers.remove(key).unwrap_or_default();
+            match checker.pace.peers.lock() {
+                Ok(mut p) => *p = list,
+                Err(poisoned) => *poisoned.into_inner() = list,
+            }
+        }
     }
 
     fn build_prober(&self, key: &CheckKey) -> Result<Prober, HealthError> {
@@ -419,7 +478,13 @@ async fn run_checker(
     loop {
         let outcome = prober.probe().await;
         let now = Instant::now();
+        let was_settled = is_settled(&counter);
         let transition = counter.record(outcome.passed(), now);
+        // A settled server starts to change (or the first result came in): its peers may be changing
+        // too — in a switchover the new primary rises while the old one falls.
+        if burst.is_some() && was_settled && (!is_settled(&counter) || transition.is_some()) {
+            pace.stir_peers();
+        }
         let snapshot = ServerHealth::from_counter(&counter, &outcome);
         // Like HAProxy's "Health check for server … failed" lines: only when the result changes.
         let reason = outcome.result.as_ref().err().map(ToString::to_string);
@@ -455,15 +520,26 @@ async fn run_checker(
     }
 }
 
+/// At full health, or DOWN with health 0 (where HAProxy uses `inter` and `downinter`).
+fn is_settled(counter: &HealthCounter) -> bool {
+    counter.state() != HealthState::Unknown
+        && (counter.health() == counter.params().max_health()
+            || (counter.state() == HealthState::Down && counter.health() == 0))
+}
+
 /// HAProxy's interval for the counter's state, shortened by a burst where [`Burst`] says so.
 fn next_interval(counter: &HealthCounter, pace: &Pace, burst: Option<Burst>) -> Duration {
     let haproxy = counter.interval();
     let Some(burst) = burst else { return haproxy };
-    let settled = counter.health() == counter.params().max_health()
-        || (counter.state() == HealthState::Down && counter.health() == 0);
-    let in_outage =
-        pace.hurry.load(std::sync::atomic::Ordering::Relaxed) && counter.state() != HealthState::Up;
-    if !settled || in_outage {
+    let settled = is_settled(counter);
+    let not_up = counter.state() != HealthState::Up;
+    let in_outage = pace.hurry.load(std::sync::atomic::Ordering::Relaxed) && not_up;
+    let in_flux = clock_ms()
+        < pace
+            .flux_until_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        && not_up;
+    if !settled || in_outage || in_flux {
         haproxy.min(burst.interval)
     } else {
         haproxy
@@ -712,5 +788,25 @@ mod burst_tests {
         assert_eq!(c.record(true, t).map(|tr| tr.to), Some(HealthState::Up));
         // Back at full health, an outage flag no longer shortens anything.
         assert_eq!(next_interval(&c, &pace, BURST), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_peer_starting_to_change_hurries_the_others_for_a_while() {
+        let t = Instant::now();
+        let (a, b) = (Arc::new(Pace::default()), Arc::new(Pace::default()));
+        if let Ok(mut p) = a.peers.lock() {
+            p.push(Arc::downgrade(&b));
+        }
+        let mut down = HealthCounter::new(params());
+        assert!(down.record(false, t).is_some());
+        assert_eq!(next_interval(&down, &b, BURST), Duration::from_secs(5));
+        a.stir_peers();
+        assert_eq!(next_interval(&down, &b, BURST), Duration::from_millis(100));
+        // The stirring peer itself is not hurried by its own change.
+        assert_eq!(next_interval(&down, &a, BURST), Duration::from_secs(5));
+        // A settled-UP peer keeps `inter`.
+        let mut up = HealthCounter::new(params());
+        assert!(up.record(true, t).is_some());
+        assert_eq!(next_interval(&up, &b, BURST), Duration::from_secs(2));
     }
 }
