@@ -206,6 +206,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     result
 }
 
+/// The SYN admission limit of each server: its (slowstart-ramped) `maxconn` plus `maxqueue`.
+///
+/// HAProxy refuses a connection only when the server's queue is full too: up to `maxqueue`
+/// connections wait (milliseconds, typically) for a slot. pgsvc has no queue — a SYN over the limit
+/// is dropped and the client retransmits a second later — so the limit that matches HAProxy's
+/// refusals is `maxconn + maxqueue`. Without this, the ramp right after a failover (maxconn 1 at the
+/// start of slowstart) would drop every concurrent connection to the new primary for a second.
+fn admit_queue(backends: &mut [BackendSpec], maxqueue: u32) {
+    for b in backends.iter_mut().filter(|b| b.maxconn > 0) {
+        b.maxconn = b.maxconn.saturating_add(maxqueue);
+    }
+}
+
 /// Undoes a start that failed after the datapath was loaded: a datapath of our own is detached and
 /// unpinned; an adopted one stays as it was, still serving for whoever started it.
 fn abandon(dp: XdpDatapath) {
@@ -358,11 +371,13 @@ impl Agent {
     }
 
     fn balanced(&self, svc: &ServicePlan) -> BalancedService {
-        balance_service(
+        let mut b = balance_service(
             svc,
             |s| self.health_of(svc, s).status_for_balance(),
             Instant::now(),
-        )
+        );
+        admit_queue(&mut b.backends, svc.options.maxqueue);
+        b
     }
 
     fn on_health_event(&mut self, ev: &HealthEvent) {
@@ -785,5 +800,29 @@ fn remove_vip(iface: &str, addr: Ipv4Addr, prefix: u8) {
     {
         Ok(s) if s.success() => info!(vip = cidr, iface, "VIP removed"),
         _ => warn!(vip = cidr, iface, "removing the VIP failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admission_limit_includes_haproxys_queue() {
+        let spec = |maxconn| BackendSpec {
+            name: "pg-test-1".into(),
+            addr: Ipv4Addr::new(198, 18, 0, 11),
+            port: 6432,
+            up: true,
+            active: true,
+            weight: 100,
+            maxconn,
+        };
+        // Right after DOWN→UP with slowstart, HAProxy's ramp gives maxconn 1 and queues 128 more.
+        let mut b = vec![spec(1), spec(3000), spec(0)];
+        admit_queue(&mut b, 128);
+        let limits: Vec<u32> = b.iter().map(|s| s.maxconn).collect();
+        // 0 stays unlimited.
+        assert_eq!(limits, vec![129, 3128, 0]);
     }
 }
