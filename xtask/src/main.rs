@@ -79,6 +79,9 @@ enum Cmd {
         /// Do not run `setup` first.
         #[arg(long)]
         no_setup: bool,
+        /// Passed to the benchmark program(s), e.g. `-- --quick` or `-- --rounds 3`.
+        #[arg(last = true, value_name = "BENCH_ARGS")]
+        args: Vec<String>,
     },
     /// The real Patroni cluster in namespaces with pgsvc in front: failovers to watch.
     Demo {
@@ -182,7 +185,7 @@ fn tests_bin(bin: &str, args: &[&str]) -> anyhow::Result<()> {
     cmd::run(&mut c)
 }
 
-fn bench(which: Bench, no_setup: bool) -> anyhow::Result<()> {
+fn bench(which: Bench, no_setup: bool, extra: &[String]) -> anyhow::Result<()> {
     if !no_setup {
         match which {
             Bench::Datapath => setup::datapath()?,
@@ -209,7 +212,9 @@ fn bench(which: Bench, no_setup: bool) -> anyhow::Result<()> {
         std::fs::create_dir_all(&results)
             .with_context(|| format!("creating {}", results.display()))?;
         let out = format!("bench/results/{out}");
-        tests_bin(bin, &["--out", &out])?;
+        let mut args: Vec<&str> = vec!["--out", &out];
+        args.extend(extra.iter().map(String::as_str));
+        tests_bin(bin, &args)?;
         println!("bench: results in {out}");
         ran += 1;
     }
@@ -282,7 +287,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             })
         })(),
-        Cmd::Bench { which, no_setup } => bench(which, no_setup).map(|()| ExitCode::SUCCESS),
+        Cmd::Bench {
+            which,
+            no_setup,
+            args,
+        } => bench(which, no_setup, &args).map(|()| ExitCode::SUCCESS),
         Cmd::Demo {
             non_interactive,
             no_setup,
