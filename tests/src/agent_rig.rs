@@ -4,8 +4,7 @@
 //! on 6432 (pgbouncer) and 5432 (postgres) that greet with their node and port.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -206,29 +205,9 @@ impl AgentRig {
 
     /// An HTTP request to the admin API from the client host: (status, body).
     pub fn http(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {LB}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        );
+        let (method, path) = (method.to_owned(), path.to_owned());
         self.client.run(move |_| {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::from((LB, ADMIN_PORT)),
-                Duration::from_secs(2),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(req.as_bytes())?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf)?;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let code = text
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let body = text
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default();
-            Ok((code, body))
+            crate::netns::http_request(SocketAddr::from((LB, ADMIN_PORT)), &method, &path)
         })
     }
 

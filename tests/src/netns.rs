@@ -245,22 +245,7 @@ impl Conn {
             None => TcpStream::connect_timeout(&to, Duration::from_secs(5))?,
             Some(p) => connect_from(to, p)?,
         };
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let mut parts = line.split_whitespace();
-        let server = parts.next().unwrap_or_default().to_owned();
-        let peer_seen = parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad greeting {line:?}")))?;
-        Ok(Self {
-            stream,
-            server,
-            peer_seen,
-            reader,
-        })
+        Self::greet(stream)
     }
 
     /// Sends `data` and reads the echo back.
@@ -354,4 +339,29 @@ fn connect_from(to: SocketAddr, port: u16) -> std::io::Result<TcpStream> {
         }
         Ok(stream)
     }
+}
+
+/// One HTTP/1.1 request (no body) with `Connection: close`: (status code, body). Used against the
+/// admin API from whichever namespace the calling thread is in.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        addr.ip()
+    );
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
 }

@@ -441,25 +441,10 @@ impl Sandbox {
 
     /// An HTTP GET of pgsvc's admin API from the client host: (status, body).
     pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {ADMIN}\r\n\r\n");
+        let path = path.to_owned();
         self.on_client(move || {
             let addr: SocketAddr = ADMIN.parse().map_err(std::io::Error::other)?;
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(req.as_bytes())?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf)?;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let code = text
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let body = text
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default();
-            Ok((code, body))
+            crate::netns::http_request(addr, "GET", &path)
         })
     }
 

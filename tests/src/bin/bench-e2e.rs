@@ -23,7 +23,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -368,28 +368,8 @@ fn http(
     method: &'static str,
     path: &str,
 ) -> Result<(u16, String)> {
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    let res = client.run(move |_| -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.set_write_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(req.as_bytes())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((code, body))
-    });
+    let (m, p) = (method.to_owned(), path.to_owned());
+    let res = client.run(move |_| pgsvc_tests::netns::http_request(addr, &m, &p));
     res.map_err(|e| anyhow!("{method} http://{addr}{path}: {e}"))
 }
 
