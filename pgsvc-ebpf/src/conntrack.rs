@@ -46,6 +46,20 @@ fn tcp_bits(flags: u8) -> u8 {
     b
 }
 
+/// Records activity on one direction of a flow, writing only what changed (an established flow's
+/// packets then leave the entry's cache line clean most of the time).
+#[inline(always)]
+fn touch(last_seen_ns: &mut u64, seen_flags: &mut u8, tcp_flags: u8) {
+    let t = now();
+    if t.wrapping_sub(*last_seen_ns) > TOUCH_NS {
+        *last_seen_ns = t;
+    }
+    let bits = tcp_bits(tcp_flags);
+    if *seen_flags & bits != bits {
+        *seen_flags |= bits;
+    }
+}
+
 /// Client → service packet, on a port where some service listens. The flow table is consulted
 /// first: an established flow already knows its service, so the common case costs one hash lookup.
 #[inline(always)]
@@ -112,14 +126,7 @@ fn established(
         }
         return rst::reply(ctx, pkt, Reason::RstBackendDown);
     }
-    let t = now();
-    if t.wrapping_sub(flow.last_seen_ns) > TOUCH_NS {
-        flow.last_seen_ns = t;
-    }
-    let bits = tcp_bits(pkt.flags);
-    if flow.client_flags & bits != bits {
-        flow.client_flags |= bits;
-    }
+    touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {
         close_flow(flow);
     }
@@ -330,14 +337,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Pkt) -> Result<Verdict, Reason> {
     let rev = NAT_REV.get_ptr_mut(key).ok_or(Reason::PassNoNat)?;
     // SAFETY: hash map value, written by this flow's reverse packets only.
     let rev = unsafe { &mut *rev };
-    let t = now();
-    if t.wrapping_sub(rev.last_seen_ns) > TOUCH_NS {
-        rev.last_seen_ns = t;
-    }
-    let bits = tcp_bits(pkt.flags);
-    if rev.backend_flags & bits != bits {
-        rev.backend_flags |= bits;
-    }
+    touch(&mut rev.last_seen_ns, &mut rev.backend_flags, pkt.flags);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {
         let fkey = FlowKey {
             client_addr: rev.client_addr,
