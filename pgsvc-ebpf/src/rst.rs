@@ -81,13 +81,7 @@ fn write_headers(ctx: &XdpContext, pkt: &Pkt, seq: u32, ack: u32, flags: u8) -> 
     b[11] = 0;
     b[12..16].copy_from_slice(&src);
     b[16..20].copy_from_slice(&dst);
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 20 {
-        sum += u32::from(u16::from_ne_bytes([b[i], b[i + 1]]));
-        i += 2;
-    }
-    let ip_check = (!fold(sum)).to_ne_bytes();
+    let ip_check = (!fold(sum_words(0, b, 0, 20))).to_ne_bytes();
     b[10] = ip_check[0];
     b[11] = ip_check[1];
 
@@ -109,13 +103,20 @@ fn write_headers(ctx: &XdpContext, pkt: &Pkt, seq: u32, ack: u32, flags: u8) -> 
     sum = add32(sum, pkt.saddr);
     sum += u32::from(u16::from_ne_bytes([0, 6]));
     sum += u32::from(u16::from_ne_bytes([0, 20]));
-    let mut i = 20;
-    while i < RST_LEN {
-        sum += u32::from(u16::from_ne_bytes([b[i], b[i + 1]]));
-        i += 2;
-    }
+    let sum = sum_words(sum, b, 20, RST_LEN);
     let tcp_check = (!fold(sum)).to_ne_bytes();
     b[36] = tcp_check[0];
     b[37] = tcp_check[1];
     Ok(())
+}
+
+/// Adds the 16-bit words of `b[from..to]` (as they sit in the packet) to `sum`.
+#[inline(always)]
+fn sum_words(mut sum: u32, b: &[u8; RST_LEN], from: usize, to: usize) -> u32 {
+    let mut i = from;
+    while i + 1 < to {
+        sum += u32::from(u16::from_ne_bytes([b[i], b[i + 1]]));
+        i += 2;
+    }
+    sum
 }
