@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::agent::status::{
+use crate::status::{
     CheckStatus, DatapathStatus, ReloadStatus, STATUS_SCHEMA, ServerStatus, ServiceStatus, Status,
 };
 

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::agent::status::{ServerStatus, ServiceStatus, Status};
+use crate::status::{ServerStatus, ServiceStatus, Status};
 
 /// HAProxy's server states, as its exporter's `haproxy_server_status` state-set lists them.
 pub const SERVER_STATES: [&str; 5] = ["UP", "DOWN", "MAINT", "DRAIN", "NOLB"];

@@ -19,7 +19,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::agent::status::Status;
+use crate::{control::ReloadRequest, status::Status};
 
 pub mod http;
 pub mod metrics;
@@ -32,13 +32,6 @@ mod tests;
 pub use metrics::render_metrics;
 
 use http::{Request, Response};
-
-/// A reload asked for over the API; the agent answers with what it did, or why it refused (and
-/// then keeps serving the previous inventory).
-#[derive(Debug)]
-pub struct ReloadRequest {
-    pub reply: oneshot::Sender<Result<String, String>>,
-}
 
 /// Time a client has to send its request line and headers (and body).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -220,7 +213,7 @@ async fn reload(agent: &mpsc::Sender<ReloadRequest>) -> Response {
             ),
         ),
         Ok(Err(_)) => Response::text(503, "the agent dropped the reload request (shutting down?)"),
-        Ok(Ok(Ok(message))) => Response::text(200, message),
-        Ok(Ok(Err(error))) => Response::text(422, error),
+        Ok(Ok(Ok(summary))) => Response::text(200, summary.to_string()),
+        Ok(Ok(Err(error))) => Response::text(422, error.to_string()),
     }
 }

@@ -16,6 +16,7 @@ use tokio::{
 use super::fixture::sample_status;
 use super::metrics::SERVER_STATES;
 use super::*;
+use crate::control::{ReloadError, ReloadSummary};
 
 type Exposition = MetricsExposition<PrometheusType, PrometheusValue>;
 
@@ -367,7 +368,7 @@ fn an_empty_snapshot_still_parses() {
 fn non_finite_values_use_prometheus_spelling() {
     let mut s = sample_status();
     s.services[0].servers[1].downtime_seconds = f64::INFINITY;
-    s.services[0].servers[0].last_check = Some(crate::agent::status::CheckStatus {
+    s.services[0].servers[0].last_check = Some(crate::status::CheckStatus {
         duration_ms: f64::NAN,
         ..Default::default()
     });
@@ -522,16 +523,29 @@ async fn reload_ok_and_refused() {
         while let Some(req) = reloads.recv().await {
             n += 1;
             let answer = if n == 1 {
-                Ok("reloaded: 2 services".to_string())
+                Ok(ReloadSummary {
+                    added: 1,
+                    changed: 0,
+                    removed: 0,
+                    unchanged: 2,
+                })
             } else {
-                Err("pigsty.yml:3:7: bad indentation".to_string())
+                Err(ReloadError::PortInSnatRange {
+                    service: "pg-test-extra".to_owned(),
+                    port: 41000,
+                    min: 40000,
+                    max: 59999,
+                })
             };
             let _ = req.reply.send(answer);
         }
     });
     let post = b"POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n";
     let a = exchange(srv.addr, post).await;
-    assert_eq!((a.code, a.body.as_str()), (200, "reloaded: 2 services\n"));
+    assert_eq!(
+        (a.code, a.body.as_str()),
+        (200, "1 added, 0 changed, 0 removed, 2 unchanged\n")
+    );
     let a = exchange(
         srv.addr,
         b"POST /reload HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
@@ -539,7 +553,10 @@ async fn reload_ok_and_refused() {
     .await;
     assert_eq!(
         (a.code, a.body.as_str()),
-        (422, "pigsty.yml:3:7: bad indentation\n")
+        (
+            422,
+            "service pg-test-extra listens on port 41000, inside the SNAT port range 40000-59999\n"
+        )
     );
     // The agent has stopped taking reloads.
     let _ = srv.shutdown.send(true);

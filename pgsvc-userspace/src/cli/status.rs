@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::agent::status::{STATUS_SCHEMA, ServerStatus, ServiceStatus, Status};
+use crate::status::{STATUS_SCHEMA, ServerStatus, ServiceStatus, Status};
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9101";
 
@@ -495,7 +495,7 @@ mod tests {
         let mut s = sample_status();
         s.ready = false;
         s.services[0].active_servers = 0;
-        s.last_reload = Some(crate::agent::status::ReloadStatus {
+        s.last_reload = Some(crate::status::ReloadStatus {
             at: s.updated_at - 5.0,
             ok: false,
             message: "pigsty.yml:3:7: bad".into(),
@@ -609,7 +609,7 @@ mod tests {
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
             let (reload_tx, mut reloads) =
-                tokio::sync::mpsc::channel::<crate::admin::ReloadRequest>(1);
+                tokio::sync::mpsc::channel::<crate::control::ReloadRequest>(1);
             let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
             let status = Arc::new(RwLock::new(sample_status()));
             tokio::spawn(crate::admin::serve(
@@ -622,9 +622,9 @@ mod tests {
                 let mut first = true;
                 while let Some(req) = reloads.recv().await {
                     let answer = if first {
-                        Ok("reloaded: 2 services".into())
+                        Ok(crate::control::ReloadSummary::default())
                     } else {
-                        Err("bad inventory".into())
+                        Err(crate::control::ReloadError::NoServices)
                     };
                     first = false;
                     let _ = req.reply.send(answer);

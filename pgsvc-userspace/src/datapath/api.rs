@@ -1,8 +1,13 @@
-//! The control plane's view of the datapath: desired state per service, written atomically.
+//! The control plane's view of the datapath: desired state per service, written atomically, plus
+//! the periodic work (clock, flow GC, next hops) and the counters the agent reads back. The agent
+//! uses nothing but this trait, so it runs the same over the XDP maps and over a fake.
 
 use std::net::Ipv4Addr;
 
-use pgsvc_common::Algorithm;
+use pgsvc_common::{Algorithm, Reason};
+
+/// One server of a service as the datapath should see it now (computed by [`crate::balance`]).
+pub use crate::balance::BackendSpec;
 
 /// What clients connect to and how new flows are placed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,23 +20,6 @@ pub struct ServiceSpec {
     pub maxconn: u32,
     /// `on-marked-down shutdown-sessions`.
     pub shutdown_sessions: bool,
-}
-
-/// One server of a service as the datapath should see it now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackendSpec {
-    /// Server name (the metrics' `server` label); unique within the service.
-    pub name: String,
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    /// Health: a flow whose backend is not up is reset (with shutdown-sessions).
-    pub up: bool,
-    /// In the active set: eligible for new flows (UP, weight > 0, and non-backup or backup in use).
-    pub active: bool,
-    /// Effective weight (after slowstart), 1..=256 when active.
-    pub weight: u32,
-    /// Effective per-server connection limit (after slowstart), 0 = unlimited.
-    pub maxconn: u32,
 }
 
 /// Counters of one backend or service, summed over CPUs.
@@ -56,4 +44,51 @@ pub trait Datapath {
     fn backend_stats(&self, service: &str) -> Result<Vec<(String, TrafficStats)>, Self::Error>;
     /// Traffic counters of a service.
     fn service_stats(&self, service: &str) -> Result<TrafficStats, Self::Error>;
+    /// Open connections of a service (flows not yet closing).
+    fn service_conns(&self, service: &str) -> Result<u64, Self::Error>;
+    /// Advances the datapath's clock; the agent calls this every second.
+    fn tick(&mut self) -> Result<(), Self::Error>;
+    /// One garbage-collection pass over the flow table.
+    fn gc(&mut self, timeouts: &Timeouts) -> Result<GcReport, Self::Error>;
+    /// Re-resolves the next hop of every backend and rewrites those that changed; returns how many.
+    fn refresh_next_hops(&mut self) -> Result<usize, Self::Error>;
+    /// Forgets what an earlier agent left (services and servers found at start) that no planned
+    /// service or server claimed. Called once, when the first full plan has been applied.
+    fn release_unclaimed(&mut self) -> Result<(), Self::Error>;
+    /// Packets by reason, summed over CPUs.
+    fn reason_counts(&self) -> Vec<(Reason, u64)>;
+    /// Entries in the flow table.
+    fn flow_count(&self) -> usize;
+    /// Size of the flow table.
+    fn max_flows(&self) -> u32;
+}
+
+/// Flow timeouts used by [`Datapath::gc`].
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// A flow whose backend never answered (no SYN-ACK).
+    pub syn_ns: u64,
+    /// After the first FIN or RST.
+    pub closing_ns: u64,
+    /// Established and silent (HAProxy `timeout client`/`server`, 24 h in Pigsty).
+    pub idle_ns: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            syn_ns: 30 * 1_000_000_000,
+            closing_ns: 10 * 1_000_000_000,
+            idle_ns: 24 * 3600 * 1_000_000_000,
+        }
+    }
+}
+
+/// What one GC pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub scanned: usize,
+    pub expired: usize,
+    pub stale: usize,
+    pub orphans: usize,
 }

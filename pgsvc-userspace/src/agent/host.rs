@@ -1,0 +1,132 @@
+//! Host networking the agent does around the datapath: the interface's IPv4 addresses (the SNAT
+//! source), the VIP (`ip addr add/del`) and the kernel's reserved ports (the SNAT range).
+
+use std::net::Ipv4Addr;
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+#[derive(Debug, Error)]
+pub enum HostError {
+    #[error("reading {path}")]
+    Read {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reserving the SNAT ports in {path}")]
+    Reserve {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running ip addr add")]
+    Spawn {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("adding VIP {cidr} to {iface} failed: {stderr}")]
+    AddVip {
+        cidr: String,
+        iface: String,
+        stderr: String,
+    },
+}
+
+/// The first IPv4 address of `iface` other than `except` (the VIP).
+pub fn first_ipv4(iface: &str, except: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    ipv4_addrs(iface).into_iter().find(|a| Some(*a) != except)
+}
+
+fn interface_has(iface: &str, addr: Ipv4Addr) -> bool {
+    ipv4_addrs(iface).contains(&addr)
+}
+
+/// IPv4 addresses of `iface`, in the kernel's order.
+fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
+    let mut found = Vec::new();
+    // SAFETY: getifaddrs/freeifaddrs pair; every pointer is checked before use.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return found;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            if name != iface {
+                continue;
+            }
+            let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            found.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}
+
+/// Keeps the kernel's own ephemeral ports (health checks!) out of the SNAT range.
+pub fn reserve_ports(range: &std::ops::RangeInclusive<u16>) -> Result<(), HostError> {
+    let path = RESERVED_PORTS;
+    let current =
+        std::fs::read_to_string(path).map_err(|source| HostError::Read { path, source })?;
+    let want = format!("{}-{}", range.start(), range.end());
+    let current = current.trim();
+    if current.split(',').any(|r| r == want) {
+        return Ok(());
+    }
+    let value = if current.is_empty() {
+        want
+    } else {
+        format!("{current},{want}")
+    };
+    std::fs::write(path, &value).map_err(|source| HostError::Reserve { path, source })
+}
+
+/// Adds the VIP; `false` when it was already on the interface (then it is left there on exit).
+pub fn add_vip(iface: &str, addr: Ipv4Addr, prefix: u8) -> Result<bool, HostError> {
+    let cidr = format!("{addr}/{prefix}");
+    if interface_has(iface, addr) {
+        info!(vip = cidr, iface, "VIP already present");
+        return Ok(false);
+    }
+    let out = std::process::Command::new("ip")
+        .args(["addr", "add", &cidr, "dev", iface])
+        .output()
+        .map_err(|source| HostError::Spawn { source })?;
+    if out.status.success() {
+        info!(vip = cidr, iface, "VIP added");
+        return Ok(true);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("File exists") {
+        info!(
+            vip = cidr,
+            iface, "VIP already present; leaving it as it is on exit"
+        );
+        return Ok(false);
+    }
+    Err(HostError::AddVip {
+        cidr,
+        iface: iface.to_owned(),
+        stderr: stderr.trim().to_owned(),
+    })
+}
+
+pub fn remove_vip(iface: &str, addr: Ipv4Addr, prefix: u8) {
+    let cidr = format!("{addr}/{prefix}");
+    match std::process::Command::new("ip")
+        .args(["addr", "del", &cidr, "dev", iface])
+        .status()
+    {
+        Ok(s) if s.success() => info!(vip = cidr, iface, "VIP removed"),
+        _ => warn!(vip = cidr, iface, "removing the VIP failed"),
+    }
+}

@@ -1,0 +1,198 @@
+//! The agent's lifecycle around the reconciler: validate the inventory, check the interface, load
+//! (or adopt) and attach the XDP datapath, add the VIP, start the admin API and the checks, hand the
+//! loaded datapath to the [`Reconciler`], run the event loop until a signal, then tear down (or, with
+//! `--keep`, leave everything serving for the next agent). The only part of the agent that holds
+//! kernel-only objects and tokio tasks.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+use super::{
+    AgentOptions, host,
+    project::{Identity, unix_now},
+    reconcile::{Reconciler, Settings, flatten},
+};
+use crate::{
+    admin,
+    control::ReloadRequest,
+    datapath::{LoadOptions, XdpDatapath, neigh},
+    health::{Burst, HealthEvent, HealthMonitor, TlsSettings},
+    plan,
+};
+
+type Agent = Reconciler<XdpDatapath, HealthMonitor>;
+
+/// Runs the agent until a signal stops it.
+///
+/// # Errors
+/// Invalid inventory, unknown interface, BPF or XDP refused — each with its reason, before or
+/// instead of touching traffic.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let (plan, warnings) = plan::load_plan(&opts.config, opts.cluster.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the inventory is not valid; nothing was changed")?;
+    for w in &warnings {
+        warn!("{w}");
+    }
+    let services = flatten(&plan);
+    if services.is_empty() {
+        bail!(
+            "the inventory defines no service for {}",
+            opts.cluster.as_deref().unwrap_or("any cluster")
+        );
+    }
+    let Some((_, iface_mac)) = neigh::interface(&opts.iface) else {
+        bail!("interface {} does not exist", opts.iface);
+    };
+    let snat_addr = match opts.snat_ip {
+        Some(a) => a,
+        None => host::first_ipv4(&opts.iface, opts.vip.map(|v| v.0)).with_context(|| {
+            format!(
+                "interface {} has no IPv4 address to use as SNAT source (give --snat-ip)",
+                opts.iface
+            )
+        })?,
+    };
+    for s in &services {
+        if opts.snat_ports.contains(&s.port) {
+            bail!(
+                "service {} listens on port {}, inside the SNAT port range {}-{}",
+                s.name,
+                s.port,
+                opts.snat_ports.start(),
+                opts.snat_ports.end()
+            );
+        }
+    }
+    host::reserve_ports(&opts.snat_ports)?;
+    // Bound before the kernel is touched: a busy port fails the start with nothing to undo.
+    let listener = tokio::net::TcpListener::bind(opts.admin)
+        .await
+        .with_context(|| format!("binding the admin API on {}", opts.admin))?;
+
+    let mut lo = LoadOptions::new(&opts.pin_dir, snat_addr);
+    lo.max_flows = opts.max_flows;
+    lo.snat_ports = opts.snat_ports.clone();
+    let mut dp = XdpDatapath::load(lo).context("loading the XDP program")?;
+    if dp.adopted() {
+        info!(pin_dir = %opts.pin_dir.display(), "adopting the datapath an earlier agent left pinned");
+    }
+    let mode = match dp.attach(&opts.iface, opts.xdp_mode) {
+        Ok(mode) => mode,
+        Err(e) => {
+            abandon(dp);
+            return Err(e).with_context(|| format!("attaching XDP to {}", opts.iface));
+        }
+    };
+    info!(iface = opts.iface, mode, mac = ?iface_mac, snat = %snat_addr, "datapath ready");
+    let vip_added = match opts.vip {
+        // An adopted datapath's VIP was added by the agent before us: ours to remove on exit too.
+        Some((addr, prefix)) => match host::add_vip(&opts.iface, addr, prefix) {
+            Ok(added) => added || dp.adopted(),
+            Err(e) => {
+                abandon(dp);
+                return Err(e.into());
+            }
+        },
+        None => false,
+    };
+
+    let (mut monitor, events) = HealthMonitor::new(TlsSettings {
+        ca_file: opts.ca_file.clone(),
+        verify_hostname: false,
+    });
+    monitor.set_burst(opts.check_burst.map(|interval| Burst { interval }));
+    let identity = Identity {
+        started_unix: unix_now(),
+        config: opts.config.display().to_string(),
+        iface: opts.iface.clone(),
+        xdp_mode: mode,
+        snat_addr,
+        vip: opts.vip,
+    };
+    let settings = Settings {
+        snat_ports: opts.snat_ports.clone(),
+        timeouts: opts.timeouts,
+    };
+    let mut agent = Reconciler::new(dp, monitor, plan, settings, identity, Instant::now());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let admin_task = tokio::spawn(admin::serve(
+        listener,
+        agent.status_handle(),
+        reload_tx,
+        shutdown_rx,
+    ));
+    info!(addr = %opts.admin, "admin API listening");
+
+    let result = main_loop(&mut agent, &opts, events, reload_rx).await;
+
+    let _ = shutdown_tx.send(true);
+    let _ = admin_task.await;
+    let (dp, monitor) = agent.into_parts();
+    monitor.shutdown().await;
+    if opts.keep {
+        dp.leave_pinned();
+    } else {
+        if vip_added && let Some((addr, prefix)) = opts.vip {
+            host::remove_vip(&opts.iface, addr, prefix);
+        }
+        dp.detach_and_unpin().context("detaching")?;
+    }
+    result
+}
+
+/// Feeds the reconciler its inputs until SIGINT or SIGTERM.
+async fn main_loop(
+    agent: &mut Agent,
+    opts: &AgentOptions,
+    mut events: mpsc::UnboundedReceiver<HealthEvent>,
+    mut reloads: mpsc::Receiver<ReloadRequest>,
+) -> anyhow::Result<()> {
+    agent.start(Instant::now())?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Re-balance shortly after start, when most first results are in.
+    let mut settle = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks: u32 = 0;
+    let reread = || plan::load_plan(&opts.config, opts.cluster.as_deref());
+    loop {
+        tokio::select! {
+            Some(ev) = events.recv() => agent.on_health_event(&ev, Instant::now()),
+            _ = settle.tick(), if !agent.is_ready() => agent.rebalance_all(Instant::now()),
+            _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                agent.on_tick(ticks, Instant::now());
+            }
+            Some(req) = reloads.recv() => {
+                let r = agent.reload(reread(), Instant::now());
+                let _ = req.reply.send(r);
+            }
+            _ = sighup.recv() => {
+                let _ = agent.reload(reread(), Instant::now());
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+        }
+    }
+    Ok(())
+}
+
+/// Undoes a start that failed after the datapath was loaded: a datapath of our own is detached and
+/// unpinned; an adopted one stays as it was, still serving for whoever started it.
+fn abandon(dp: XdpDatapath) {
+    if dp.adopted() {
+        dp.leave_pinned();
+    } else if let Err(e) = dp.detach_and_unpin() {
+        warn!(error = %e, "cleaning up after a failed start");
+    }
+}

@@ -1,0 +1,92 @@
+//! The one place userspace builds map keys (`ServiceKey`, `FlowKey`, `NatKey`) and derives open
+//! connections from the opened/released counter pair. The XDP program builds the same values in
+//! its own crate; keeping each rule in one function per side keeps the two easy to compare.
+
+use std::net::Ipv4Addr;
+
+use pgsvc_common::{Flow, FlowKey, IPPROTO_TCP, NatKey, NatRev, ServiceKey};
+
+use super::api::ServiceSpec;
+
+/// The listen key of a TCP service at `addr` (`None`: the wildcard) and `port` (host order).
+#[must_use]
+pub fn service_key(addr: Option<Ipv4Addr>, port: u16) -> ServiceKey {
+    ServiceKey {
+        addr: addr.map_or(0, |a| u32::from_ne_bytes(a.octets())),
+        port: port.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+/// Every listen key of a service: one per address, or the wildcard key.
+#[must_use]
+pub fn service_keys(spec: &ServiceSpec) -> Vec<ServiceKey> {
+    if spec.addrs.is_empty() {
+        return vec![service_key(None, spec.port)];
+    }
+    spec.addrs
+        .iter()
+        .map(|a| service_key(Some(*a), spec.port))
+        .collect()
+}
+
+/// The forward key of the flow a reverse entry belongs to.
+#[must_use]
+pub fn flow_key_of(rev: &NatRev) -> FlowKey {
+    FlowKey {
+        client_addr: rev.client_addr,
+        vip: rev.vip,
+        client_port: rev.client_port,
+        vport: rev.vport,
+    }
+}
+
+/// The reverse key of a flow translated to the source address `snat` (network order).
+#[must_use]
+pub fn nat_key_of(flow: &Flow, snat: u32) -> NatKey {
+    NatKey {
+        backend_addr: flow.backend_addr,
+        snat_addr: snat,
+        backend_port: flow.backend_port,
+        snat_port: flow.snat_port,
+    }
+}
+
+/// Open connections from a pair of counters: opened by the datapath, released by either side
+/// (never negative: a release may land before the open it pairs with is summed).
+#[must_use]
+pub fn open_conns(opened: i64, released: i64) -> u64 {
+    u64::try_from(opened.saturating_sub(released)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_connections_never_go_negative() {
+        assert_eq!(open_conns(5, 2), 3);
+        assert_eq!(open_conns(2, 5), 0);
+        assert_eq!(open_conns(i64::MIN, i64::MAX), 0);
+    }
+
+    #[test]
+    fn wildcard_and_exact_keys() {
+        let mut spec = ServiceSpec {
+            addrs: Vec::new(),
+            port: 5433,
+            algorithm: pgsvc_common::Algorithm::RoundRobin,
+            maxconn: 0,
+            shutdown_sessions: false,
+        };
+        let keys = service_keys(&spec);
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].addr, u16::from_be(keys[0].port)), (0, 5433));
+        spec.addrs = vec![Ipv4Addr::new(198, 18, 0, 3), Ipv4Addr::new(198, 18, 0, 4)];
+        let keys = service_keys(&spec);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].addr.to_ne_bytes(), [198, 18, 0, 4]);
+        assert_eq!(keys[1].proto, IPPROTO_TCP);
+    }
+}
