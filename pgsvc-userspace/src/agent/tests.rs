@@ -561,6 +561,8 @@ fn an_unchanged_desired_state_is_not_rewritten() {
     let writes = h.rec.dp.count(Op::SetBackends);
     for i in 1..=5 {
         h.rec.on_tick(i, h.at(f64::from(i)));
+        h.rec.rebalance_all(h.at(f64::from(i) + 0.5));
+        h.rec.rebalance(PRIMARY, h.at(f64::from(i) + 0.7));
     }
     assert_eq!(h.rec.dp.count(Op::SetBackends), writes);
 }
