@@ -489,3 +489,61 @@ fn gc_removes_closed_and_unanswered_flows_and_keeps_live_ones() {
     let (_, out) = r.run(&Tcp::new((CLIENT, 35002), (VIP, 5433), ACK).frame());
     assert_eq!(parse_verified(&out).expect("valid frame").flags, RST);
 }
+
+#[test]
+fn a_slot_reused_for_a_server_whose_address_changed_starts_from_zero_counters() {
+    let Some(mut r) = rig(
+        "slot_reuse_counters",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    r.dp.set_static_next_hop(
+        B2,
+        NextHop {
+            ifindex: 0,
+            mac: BACKEND_MAC,
+            src_mac: LB_MAC,
+        },
+    );
+    r.syn(34000);
+    r.syn(34001);
+    assert_eq!(r.dp.backend_conns(SVC).expect("datapath call")[0].1, 2);
+    assert_eq!(
+        r.dp.backend_stats(SVC).expect("datapath call")[0]
+            .1
+            .new_flows,
+        2
+    );
+    let slots = r.dp.backend_ids(SVC).expect("datapath call");
+    // Same name, another address: another server, in the same slot.
+    r.dp.set_backends(SVC, &[backend("pg-test-1", B2, true)])
+        .expect("backends");
+    assert_eq!(
+        r.dp.backend_ids(SVC).expect("datapath call"),
+        slots,
+        "slot reused"
+    );
+    assert_eq!(r.dp.flow_count(), 0, "the old server's flows are flushed");
+    assert_eq!(
+        r.dp.backend_conns(SVC).expect("datapath call"),
+        vec![("pg-test-1".into(), 0)],
+        "connections of the old server"
+    );
+    assert_eq!(
+        r.dp.backend_stats(SVC).expect("datapath call")[0].1,
+        pgsvc_common::TrafficStats::default(),
+        "traffic of the old server"
+    );
+    let p = r.syn(34002);
+    assert_eq!(p.dst, B2);
+    assert_eq!(r.dp.backend_conns(SVC).expect("datapath call")[0].1, 1);
+    assert_eq!(
+        r.dp.backend_stats(SVC).expect("datapath call")[0]
+            .1
+            .new_flows,
+        1
+    );
+}

@@ -55,9 +55,10 @@ impl XdpDatapath {
                     (p.id, p.epoch, p.hop)
                 }
                 // Same name but another address or port: a different server in the same slot, so a
-                // fresh epoch (the old server's flows are flushed).
+                // fresh epoch (the old server's flows are flushed) and counters from zero.
                 Some(p) => {
                     flush.push(p.id);
+                    self.start_backend_counters(p.id)?;
                     (p.id, self.bump_epoch(), None)
                 }
                 None => self
