@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use super::{
     AgentOptions, host,
-    project::{Identity, unix_now},
-    reconcile::{Reconciler, Settings, flatten},
+    project::unix_now,
+    reconcile::{Identity, Reconciler, Settings, flatten},
 };
 use crate::{
     admin,

@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -14,19 +13,6 @@ use crate::{
     plan::{Balance, BindAddr, ServicePlan},
     status::{CheckStatus, DatapathStatus, STATUS_SCHEMA, ServerStatus, ServiceStatus, Status},
 };
-
-/// What the snapshot says about the agent itself, fixed at start.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    /// Unix time the agent started.
-    pub started_unix: f64,
-    pub config: String,
-    pub iface: String,
-    /// native, skb or adopted.
-    pub xdp_mode: &'static str,
-    pub snat_addr: Ipv4Addr,
-    pub vip: Option<(Ipv4Addr, u8)>,
-}
 
 pub fn unix_now() -> f64 {
     SystemTime::now()

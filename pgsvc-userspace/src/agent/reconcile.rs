@@ -8,6 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::Ipv4Addr,
     ops::RangeInclusive,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
@@ -17,7 +18,7 @@ use pgsvc_common::Algorithm;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use super::{checks::Checks, project::Identity};
+use super::checks::Checks;
 use crate::{
     balance::{BalancedService, balance_service},
     datapath::{BackendSpec, Datapath, ServiceSpec, Timeouts},
@@ -32,6 +33,19 @@ pub const FIRST_RESULTS_GRACE: Duration = Duration::from_secs(10);
 /// Every how many ticks (seconds) the flow table is collected and next hops are refreshed.
 pub const GC_EVERY: u32 = 5;
 pub const NEIGH_EVERY: u32 = 2;
+
+/// What the snapshot says about the agent itself, fixed at start.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Unix time the agent started.
+    pub started_unix: f64,
+    pub config: String,
+    pub iface: String,
+    /// native, skb or adopted.
+    pub xdp_mode: &'static str,
+    pub snat_addr: Ipv4Addr,
+    pub vip: Option<(Ipv4Addr, u8)>,
+}
 
 /// What the reconciler needs of `pgsvc run`'s options.
 #[derive(Clone, Debug)]

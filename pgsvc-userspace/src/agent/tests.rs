@@ -10,8 +10,7 @@ use std::{
 
 use super::{
     checks::Checks,
-    project::Identity,
-    reconcile::{FIRST_RESULTS_GRACE, Reconciler, Settings, admit_queue},
+    reconcile::{FIRST_RESULTS_GRACE, Identity, Reconciler, Settings, admit_queue},
 };
 use crate::{
     control::ReloadError,
