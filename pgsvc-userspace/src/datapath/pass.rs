@@ -72,12 +72,12 @@ impl PassProgram {
             let fd = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
                 what: "pass link",
                 path: pin.to_path_buf(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
             fd.pin(pin).map_err(|e| DatapathError::Pin {
                 what: "pass link",
                 path: pin.to_path_buf(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
         }
         Ok(Self {

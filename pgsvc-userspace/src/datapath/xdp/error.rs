@@ -48,11 +48,12 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("pinning {what} at {path} failed: {reason}")]
+    #[error("pinning {what} at {path} failed")]
     Pin {
         what: &'static str,
         path: PathBuf,
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{op} {path} failed")]
     Io {

@@ -49,7 +49,8 @@ impl XdpDatapath {
                     return Ok("adopted");
                 }
                 Err(e) => {
-                    warn!(iface, error = %e, "the pinned XDP link could not be adopted; attaching anew");
+                    let cause = std::error::Error::source(&e).map(ToString::to_string);
+                    warn!(iface, error = %e, cause, "the pinned XDP link could not be adopted; attaching anew");
                     let _ = fs::remove_file(&pin);
                 }
             }
@@ -97,7 +98,7 @@ impl XdpDatapath {
                 fd_link.pin(&pin).map_err(|e| DatapathError::Pin {
                     what: "XDP link",
                     path: pin.clone(),
-                    reason: e.to_string(),
+                    source: Box::new(e),
                 })?;
             }
             Err(e) => {
@@ -118,13 +119,13 @@ impl XdpDatapath {
         let pinned = PinnedLink::from_pin(pin).map_err(|e| DatapathError::Pin {
             what: "XDP link",
             path: pin.to_path_buf(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         let fd_link: FdLink = pinned.into();
         let xdp_link = XdpLink::try_from(fd_link).map_err(|e| DatapathError::Pin {
             what: "XDP link",
             path: pin.to_path_buf(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         let prog = self.lb_program()?;
         let id = prog
