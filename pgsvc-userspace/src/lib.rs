@@ -10,5 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod health;
+pub mod notify;
 pub mod plan;
 pub mod render;
