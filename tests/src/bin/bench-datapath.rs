@@ -294,13 +294,13 @@ fn main() -> anyhow::Result<()> {
     match &previous {
         Some(p) => println!(
             "previous recording: commit {}{}, {}",
-            p["commit"].as_str().unwrap_or("unknown"),
+            p["commit"].as_str().unwrap_or("not recorded"),
             if p["dirty"].as_bool() == Some(true) {
                 " (dirty tree)"
             } else {
                 ""
             },
-            p["recorded_at"].as_str().unwrap_or("time unknown")
+            p["recorded_at"].as_str().unwrap_or("time not recorded")
         ),
         None => println!("previous recording: none"),
     }
@@ -323,6 +323,7 @@ fn main() -> anyhow::Result<()> {
         let limit = budget.get(c.name).copied();
         let prev = previous
             .as_ref()
+            .filter(|_| c.name != FLOOR)
             .and_then(|p| own_cost(p, c.name))
             .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         let verdict = match (own, limit) {
