@@ -79,15 +79,21 @@ pub fn stop_post_decision(
 pub fn run(args: DetachArgs) -> anyhow::Result<ExitCode> {
     if args.systemd_stop_post {
         let result = std::env::var("SERVICE_RESULT").ok();
-        let jobs = std::process::Command::new("systemctl")
-            .args(["list-jobs", "--no-legend", "--no-pager", &args.unit])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        if jobs.is_none() {
-            eprintln!("pgsvc detach: cannot ask systemd for its jobs; treating this as a stop");
-        }
+        // The job queue only matters after a clean exit (a crash keeps the datapath anyway).
+        let jobs = if result.as_deref().is_none_or(|r| r == "success") {
+            let jobs = std::process::Command::new("systemctl")
+                .args(["list-jobs", "--no-legend", "--no-pager", &args.unit])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            if jobs.is_none() {
+                eprintln!("pgsvc detach: cannot ask systemd for its jobs; treating this as a stop");
+            }
+            jobs
+        } else {
+            None
+        };
         if let StopPost::Keep(why) =
             stop_post_decision(result.as_deref(), jobs.as_deref(), &args.unit)
         {
