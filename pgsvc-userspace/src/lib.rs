@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod health;
+pub mod notify;
 pub mod plan;
 pub mod render;
 pub mod status;

@@ -171,15 +171,13 @@ pub fn preflight() -> Result<(), String> {
 /// sandbox's packages are missing outside CI. On CI (`CI` set) missing packages are a failure:
 /// `cargo xtask setup` installs them, so their absence there is a broken setup, not a reason to skip.
 pub fn require_sandbox(test: &str) -> bool {
-    // Straight to stderr: libtest captures eprintln!, and a skip must show in `cargo xtask test`.
-    let say = |line: String| {
-        let _ = writeln!(std::io::stderr(), "{line}");
-    };
+    // A skip is recorded, not passed: see `crate::skip`.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        say(format!(
-            "SKIPPED {test}: needs root (network namespaces, XDP, daemons); run `cargo xtask test` as root"
-        ));
+        crate::skip(
+            test,
+            "needs root (network namespaces, XDP, daemons); run `cargo xtask test` as root",
+        );
         return false;
     }
     match preflight() {
@@ -191,10 +189,13 @@ pub fn require_sandbox(test: &str) -> bool {
                 "{test}: the real-cluster sandbox cannot run on this CI machine: {why} \
                  (`cargo xtask setup` installs its packages: sandbox/pgsandbox install)"
             );
-            say(format!(
-                "SKIPPED {test}: the sandbox's packages are missing ({why}); \
-                 run `cargo xtask setup` (or sandbox/pgsandbox install) as root"
-            ));
+            crate::skip(
+                test,
+                &format!(
+                    "the sandbox's packages are missing ({why}); \
+                     run `cargo xtask setup` (or sandbox/pgsandbox install) as root"
+                ),
+            );
             false
         }
     }

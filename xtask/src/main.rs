@@ -7,9 +7,11 @@
 //! cargo xtask test [--no-setup] [-- <args>]     fmt, clippy and every test tier (root for most)
 //! cargo xtask bench [datapath|e2e|all]          benchmarks into bench/results/
 //! cargo xtask demo [--non-interactive]          the real-cluster failover demo
+//! cargo xtask package                           the Debian package (target/debian/pgsvc_*.deb)
 //! ```
 
 mod cmd;
+mod package;
 mod setup;
 mod test;
 
@@ -92,6 +94,9 @@ enum Cmd {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Build the Debian package: binary, systemd unit, /etc/default/pgsvc, example, man pages,
+    /// completions; then list, unpack and verify it.
+    Package,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -296,6 +301,7 @@ fn main() -> ExitCode {
             non_interactive,
             no_setup,
         } => demo(non_interactive, no_setup).map(|()| ExitCode::SUCCESS),
+        Cmd::Package => package::package().map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

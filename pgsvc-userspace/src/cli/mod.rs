@@ -1,4 +1,5 @@
-//! The `pgsvc` command line: `run`, `check`, `render`, `status`, `reload`.
+//! The `pgsvc` command line: `run`, `check`, `render`, `status`, `reload`, `detach`, `completions`,
+//! `man`.
 //!
 //! Each subcommand lives in its own file and returns an exit code; errors are printed here with their
 //! causes and turned into a non-zero exit, never a panic.
@@ -6,9 +7,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 pub mod check;
+pub mod detach;
+pub mod docs;
+pub mod logging;
 pub mod render_cmd;
 pub mod run;
 pub mod status;
@@ -17,6 +21,7 @@ pub mod status;
 #[command(
     name = "pgsvc",
     version,
+    propagate_version = true,
     about = "Patroni-aware XDP load balancer for PostgreSQL services"
 )]
 pub struct Cli {
@@ -25,6 +30,9 @@ pub struct Cli {
     /// the bpffs pins that let a restarted agent adopt the running datapath.
     #[arg(long, global = true, value_name = "NAME")]
     pub netns: Option<String>,
+    /// Log lines as plain text (no colours unless stdout is a terminal) or JSON, one object a line.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    pub log_format: logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,6 +71,12 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Ask a running agent to re-read its inventory (same as SIGHUP).
     Reload(status::ReloadArgs),
+    /// Remove what an agent run with --keep left attached: XDP link, pinned maps, VIP.
+    Detach(detach::DetachArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page, or write every page into a directory.
+    Man(docs::ManArgs),
 }
 
 /// `--config` and `--cluster`, shared by the commands that read an inventory.
@@ -77,7 +91,21 @@ pub struct InventoryArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    if let Command::Run(args) = &cli.command {
+        // `--log` given on the command line wins over RUST_LOG; its default does not.
+        let given = matches
+            .subcommand_matches("run")
+            .is_some_and(|m| m.value_source("log") == Some(clap::parser::ValueSource::CommandLine));
+        if let Err(err) = logging::init(&args.log, given, cli.log_format) {
+            eprintln!("pgsvc: error: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(ns) = &cli.netns
         && let Err(err) = enter_netns(ns)
     {
@@ -90,6 +118,9 @@ pub fn main() -> ExitCode {
         Command::Render { target } => render_cmd::run(target),
         Command::Status(args) => status::run(args),
         Command::Reload(args) => status::reload(args),
+        Command::Detach(args) => detach::run(args),
+        Command::Completions(args) => docs::run_completions(args),
+        Command::Man(args) => docs::run_man(args),
     };
     match result {
         Ok(code) => code,
