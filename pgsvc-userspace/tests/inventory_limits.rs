@@ -88,6 +88,16 @@ fn plan_err(text: String) -> (PlanError, Duration) {
     }
 }
 
+/// Held by the tests that measure peak memory and by those that allocate a lot, so that one's
+/// allocations never show in another's measurement (tests run on parallel threads).
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Peak resident memory of this process, in MiB.
 fn peak_rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -114,6 +124,54 @@ fn a_selector_nested_ten_thousand_deep_is_a_clear_error() {
     assert_eq!(deep.len(), 2, "(pg_role) selects both members");
 }
 
+/// Every way of making the JMESPath tree deep — nesting and chains of operators — is accepted up to
+/// the limit without needing more than a small stack, and refused past it.
+#[test]
+fn selectors_at_the_nesting_limit_work_and_past_it_are_refused() {
+    let limit = plan::selector::MAX_SELECTOR_NESTING;
+    // Each body has `[` plus (limit - 8) counted characters: within the limit.
+    let n = limit - 8;
+    let shapes = [
+        (
+            "or-chain",
+            format!(
+                "[? {}pg_role ]",
+                "pg_seq |".repeat(n / 2).replace('|', "||")
+            ),
+        ),
+        (
+            "parentheses",
+            format!("[? {}pg_role{} ]", "(".repeat(n), ")".repeat(n)),
+        ),
+        ("negations", format!("[? {}pg_role ]", "!!".repeat(n / 2))),
+        ("dots", format!("[? {}pg_role ]", "a.".repeat(n))),
+        (
+            "comparisons",
+            format!("[? {}pg_role ]", "pg_seq == ".repeat(n / 2)),
+        ),
+    ];
+    for (what, selector) in shapes {
+        let ok = inventory(&format!(
+            "{{ name: s, port: 5440, selector: \"{selector}\" }}"
+        ));
+        let (result, took) = small_stack(move || {
+            plan::plan_from_str(&ok, "ok.yml", None).map_err(|e| e.to_string())
+        });
+        if let Err(err) = &result {
+            // Some shapes do not evaluate over these members (a comparison chain compares a
+            // boolean with a number, fine); what matters is that none is refused as too deep.
+            assert!(!err.contains("the limit is"), "{what} at the limit: {err}");
+        }
+        assert!(took < QUICK, "{what}: took {took:?}");
+    }
+    // Past it (and still short), refused before parsing.
+    let past = format!("[? {}pg_role ]", "a||".repeat(limit));
+    let (err, _) = plan_err(inventory(&format!(
+        "{{ name: s, port: 5440, selector: \"{past}\" }}"
+    )));
+    assert!(err.to_string().contains("brackets and operators"), "{err}");
+}
+
 #[test]
 fn a_long_selector_is_a_clear_error() {
     let long = "pg_role == `primary` || ".repeat(400);
@@ -128,6 +186,7 @@ fn a_long_selector_is_a_clear_error() {
 
 #[test]
 fn the_alias_bomb_is_refused_before_it_expands() {
+    let _heavy = heavy();
     let bomb = alias_bomb();
     assert!(bomb.len() < 450, "{}", bomb.len());
     let before = peak_rss_mib();
@@ -176,9 +235,10 @@ impl Drop for Removed {
     }
 }
 
-fn fifty_mb_scalar() -> Removed {
+/// A 50 MB inventory; `tag` keeps the tests that run at once apart.
+fn fifty_mb_scalar(tag: &str) -> Removed {
     use std::io::Write;
-    Removed(temp_file("50mb.yml", |f| {
+    Removed(temp_file(&format!("50mb-{tag}.yml"), |f| {
         f.write_all(b"all:\n  vars:\n    x: ").expect("write");
         let chunk = vec![b'a'; 1024 * 1024];
         for _ in 0..50 {
@@ -190,7 +250,8 @@ fn fifty_mb_scalar() -> Removed {
 
 #[test]
 fn a_fifty_megabyte_file_is_refused_unread() {
-    let file = fifty_mb_scalar();
+    let _heavy = heavy();
+    let file = fifty_mb_scalar("refused");
     let before = peak_rss_mib();
     let started = Instant::now();
     let err = plan::load_plan(&file.0, None).expect_err("a 50 MB inventory");
@@ -219,6 +280,7 @@ fn a_fifty_megabyte_file_is_refused_unread() {
 
 #[test]
 fn many_hosts_past_the_limit_are_a_clear_error() {
+    let _heavy = heavy();
     let hosts = pgsvc::config::MAX_HOSTS + 1;
     let mut text = String::from("all:\n  children:\n    g:\n      hosts:\n");
     for i in 0..hosts {
@@ -236,7 +298,7 @@ fn many_hosts_past_the_limit_are_a_clear_error() {
 /// The isolated loader turns what it is given into results, never into a crash of the caller.
 #[test]
 fn the_isolated_loader_reports_errors_like_load_plan() {
-    let file = fifty_mb_scalar();
+    let file = fifty_mb_scalar("isolated");
     let err = plan::load_plan_isolated(&file.0, None).expect_err("too large");
     assert!(
         matches!(err, PlanError::Config(ConfigError::FileTooLarge { .. })),
@@ -267,7 +329,7 @@ fn check_exits_1_with_the_place_for_each_hostile_file() {
         });
         files.push(Removed(path));
     }
-    let big = fifty_mb_scalar();
+    let big = fifty_mb_scalar("check");
     let mut cases: Vec<(&Path, &str)> = files
         .iter()
         .zip(&inputs)
