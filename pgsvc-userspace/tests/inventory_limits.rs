@@ -295,6 +295,63 @@ fn many_hosts_past_the_limit_are_a_clear_error() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
 
+/// A big `all.vars` under many hosts would multiply: the hosts share their groups' variables
+/// instead of each holding a copy, and what selectors see as JSON is bounded with a clear error.
+#[test]
+fn variables_multiplied_by_hosts_are_bounded() {
+    let _heavy = heavy();
+    let hosts = |n: usize| {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "        198.18.{}.{}: {{ pg_seq: {}, pg_role: replica }}\n",
+                    i / 250,
+                    i % 250 + 1,
+                    i + 1
+                )
+            })
+            .collect::<String>()
+    };
+    // 100,000 variables × 2,000 hosts: 200 million if each host had a copy.
+    let mut text = String::from("all:\n  vars:\n");
+    for i in 0..100_000 {
+        text.push_str(&format!("    v{i}: {i}\n"));
+    }
+    text.push_str("  children:\n    pg-big:\n      vars: { pg_cluster: pg-big }\n      hosts:\n");
+    text.push_str(&hosts(2_000));
+    let before = peak_rss_mib();
+    let (result, took) = small_stack(move || {
+        plan::plan_from_str(&text, "big.yml", None)
+            .map(|(plan, _)| plan.clusters[0].instances.len())
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(result, Ok(2_000));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let grown = peak_rss_mib().saturating_sub(before);
+    assert!(grown < 300, "peak RSS grew by {grown} MiB");
+    eprintln!("100,000 variables × 2,000 hosts planned in {took:?}, peak RSS +{grown} MiB");
+    // One variable of 100,000 values, seen by a selector on 50 members: past the selector data.
+    let list = (0..100_000)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let text = format!(
+        "all:\n  vars:\n    big: [{list}]\n  children:\n    pg-big:\n      vars:\n        pg_cluster: pg-big\n        pg_services: [ {{ name: s, port: 5440, selector: \"[? big ]\" }} ]\n      hosts:\n{}",
+        hosts(50)
+    );
+    let before = peak_rss_mib();
+    let (err, took) = plan_err(text);
+    let message = err.to_string();
+    assert!(
+        message.contains("add up to more than") && message.contains("`[? big ]`"),
+        "{message}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let grown = peak_rss_mib().saturating_sub(before);
+    assert!(grown < 1024, "peak RSS grew by {grown} MiB");
+    eprintln!("bounded in {took:?}, peak RSS +{grown} MiB");
+}
+
 /// The isolated loader turns what it is given into results, never into a crash of the caller.
 #[test]
 fn the_isolated_loader_reports_errors_like_load_plan() {

@@ -124,7 +124,33 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 pub const MAX_HOSTS: usize = 20_000;
 
 /// One variable as written, with where it was written.
-pub type Vars = Vec<(String, Node)>;
+pub type Vars = Vec<(String, Arc<Node>)>;
+
+/// Variables after precedence, indexed by name.
+#[derive(Clone, Debug, Default)]
+struct Merged {
+    vars: Vars,
+    index: HashMap<String, usize>,
+}
+
+impl Merged {
+    /// Ansible's default `hash_behaviour=replace`: a later definition replaces the whole value.
+    fn merge(&mut self, from: &Vars) {
+        for (key, value) in from {
+            match self.index.get(key) {
+                Some(&i) => self.vars[i].1 = Arc::clone(value),
+                None => {
+                    self.index.insert(key.clone(), self.vars.len());
+                    self.vars.push((key.clone(), Arc::clone(value)));
+                }
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Node> {
+        self.index.get(name).map(|&i| self.vars[i].1.as_ref())
+    }
+}
 
 /// One inventory host with its effective variables (all precedence applied).
 #[derive(Clone, Debug)]
@@ -135,26 +161,40 @@ pub struct Host {
     pub at: Location,
     /// Names of the groups the host belongs to, directly or through children (without `all`).
     pub groups: Vec<String>,
-    vars: Vars,
+    /// Its groups' variables after precedence, shared by every host with the same groups: a big
+    /// `all.vars` is held once, not once per host.
+    inherited: Arc<Merged>,
+    /// Its own variables (under `hosts:`), over the inherited ones.
+    own: Merged,
 }
 
 impl Host {
     /// The effective value of a variable.
     pub fn var(&self, name: &str) -> Option<&Node> {
-        self.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.own.get(name).or_else(|| self.inherited.get(name))
     }
 
-    pub fn vars(&self) -> &Vars {
-        &self.vars
+    /// Every effective variable, in Ansible's order (inherited first, then the host's new ones).
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &Node)> {
+        let inherited = self.inherited.vars.iter().map(|(k, v)| {
+            let value = self.own.get(k).unwrap_or(v.as_ref());
+            (k.as_str(), value)
+        });
+        let new = self
+            .own
+            .vars
+            .iter()
+            .filter(|(k, _)| !self.inherited.index.contains_key(k))
+            .map(|(k, v)| (k.as_str(), v.as_ref()));
+        inherited.chain(new)
     }
 
     /// The host as Pigsty's selectors see it in `hostvars`: its variables plus the magic
     /// `inventory_hostname` and `group_names`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut object: serde_json::Map<String, serde_json::Value> = self
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
+            .vars()
+            .map(|(k, v)| (k.to_owned(), v.to_json()))
             .collect();
         object.insert(
             "inventory_hostname".into(),
@@ -360,7 +400,7 @@ impl GroupReader<'_> {
     fn vars(&self, node: &Node, what: &str) -> Result<Vars, ConfigError> {
         self.mapping(node, what)?
             .iter()
-            .map(|(k, v)| Ok((self.name(k, "a variable name")?, v.clone())))
+            .map(|(k, v)| Ok((self.name(k, "a variable name")?, Arc::new(v.clone()))))
             .collect()
     }
 
@@ -489,6 +529,8 @@ impl GroupReader<'_> {
         }
         let mut mark = vec![0usize; self.groups.len()];
         let mut hosts = Vec::with_capacity(self.host_order.len());
+        // Hosts with the same groups (every member of a cluster) share one merge of their variables.
+        let mut merged: HashMap<Vec<usize>, Arc<Merged>> = HashMap::new();
         for (n, (name, pos)) in self.host_order.iter().enumerate() {
             let listings = listed.get(name.as_str()).map_or(&[][..], Vec::as_slice);
             let mut member_of = Vec::new();
@@ -503,14 +545,18 @@ impl GroupReader<'_> {
                 })
                 .collect();
             ordered.sort_unstable();
-            let mut vars = Vars::new();
-            let mut index = HashMap::new();
-            for &(_, _, _, id) in &ordered {
-                merge_indexed(&mut vars, &mut index, &self.groups[id].vars);
-            }
+            let ids: Vec<usize> = ordered.iter().map(|&(_, _, _, id)| id).collect();
+            let inherited = Arc::clone(merged.entry(ids).or_insert_with_key(|ids| {
+                let mut vars = Merged::default();
+                for &id in ids {
+                    vars.merge(&self.groups[id].vars);
+                }
+                Arc::new(vars)
+            }));
             // Host variables last; a host listed under several groups merges them in file order.
+            let mut own = Merged::default();
             for &(_, host_vars) in listings {
-                merge_indexed(&mut vars, &mut index, host_vars);
+                own.merge(host_vars);
             }
             let groups = ordered
                 .iter()
@@ -521,34 +567,27 @@ impl GroupReader<'_> {
                 name: name.clone(),
                 at: at(self.file, *pos),
                 groups,
-                vars,
+                inherited,
+                own,
             });
         }
         hosts
     }
 }
 
-/// Ansible's default `hash_behaviour=replace`: a later definition replaces the whole value.
+/// Merges a group's `vars:` section into what earlier sections of the same group set (a group can
+/// appear more than once); the later one wins, as in [`Merged::merge`].
 fn merge_vars(into: &mut Vars, from: &Vars) {
-    let mut index = into
-        .iter()
-        .enumerate()
-        .map(|(i, (k, _))| (k.clone(), i))
-        .collect();
-    merge_indexed(into, &mut index, from);
-}
-
-/// [`merge_vars`] with the key → position index of `into` kept by the caller: linear in `from`.
-fn merge_indexed(into: &mut Vars, index: &mut HashMap<String, usize>, from: &Vars) {
-    for (key, value) in from {
-        match index.get(key) {
-            Some(&i) => into[i].1 = value.clone(),
-            None => {
-                index.insert(key.clone(), into.len());
-                into.push((key.clone(), value.clone()));
-            }
-        }
-    }
+    let mut merged = Merged {
+        index: into
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect(),
+        vars: std::mem::take(into),
+    };
+    merged.merge(from);
+    *into = merged.vars;
 }
 
 #[cfg(test)]

@@ -8,22 +8,59 @@
 //! `inventory_hostname`), and over the full members only when it uses `@` or `*`. Results are
 //! cached per expression text: many services share a selector (`[]`).
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value as Json;
 
 use super::selector::{self, SelectorError};
-use crate::config::Host;
+use crate::config::{Host, Node, Value};
+
+/// Most JSON values built for selectors in one plan. Selectors that name their variables need a
+/// few per member; one using `@` or `*` needs every variable of every member of its cluster. The
+/// bound keeps a hostile inventory (a huge variable under thousands of hosts) from exhausting
+/// memory here: 4 million values are a few hundred MB at worst.
+pub const MAX_SELECTOR_DATA: usize = 4_000_000;
 
 /// Compiled selectors by text, shared by every cluster of a plan (each cluster has the same four
-/// default services: compiling them once matters with thousands of clusters).
-#[derive(Default)]
+/// default services: compiling them once matters with thousands of clusters), and what is left of
+/// [`MAX_SELECTOR_DATA`].
 pub struct Compiled {
     by_text: RefCell<HashMap<String, Result<jmespath::Expression<'static>, SelectorError>>>,
+    data_left: Cell<usize>,
+}
+
+impl Default for Compiled {
+    fn default() -> Self {
+        Compiled {
+            by_text: RefCell::default(),
+            data_left: Cell::new(MAX_SELECTOR_DATA),
+        }
+    }
 }
 
 impl Compiled {
+    /// `node` as JSON, charged to the plan's budget; None once it is spent.
+    fn json(&self, node: &Node) -> Option<Json> {
+        let left = self.data_left.get().checked_sub(1)?;
+        self.data_left.set(left);
+        Some(match &node.value {
+            Value::Seq(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|n| self.json(n))
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            Value::Map(entries) => Json::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| Some((k.scalar_text().unwrap_or_default(), self.json(v)?)))
+                    .collect::<Option<serde_json::Map<_, _>>>()?,
+            ),
+            _ => node.to_json(),
+        })
+    }
+
     fn evaluate(&self, expression: &str, members: &Json) -> Result<Vec<String>, SelectorError> {
         let mut by_text = self.by_text.borrow_mut();
         let compiled = by_text
@@ -39,7 +76,8 @@ impl Compiled {
 pub struct Members<'a> {
     hosts: &'a [&'a Host],
     compiled: &'a Compiled,
-    full: OnceCell<Json>,
+    /// All variables of all members (for selectors with `@` or `*`); None past the budget.
+    full: OnceCell<Option<Json>>,
     cache: RefCell<HashMap<String, Result<Vec<String>, SelectorError>>>,
 }
 
@@ -62,13 +100,27 @@ impl<'a> Members<'a> {
             return known.clone();
         }
         selector::check_complexity(expression)?;
-        let result = match referenced_names(expression) {
-            Some(names) => self.compiled.evaluate(expression, &self.pruned(&names)),
-            None => self.compiled.evaluate(
-                expression,
-                self.full
-                    .get_or_init(|| Json::Array(self.hosts.iter().map(|h| h.to_json()).collect())),
-            ),
+        let names = referenced_names(expression);
+        let pruned;
+        let data = match &names {
+            Some(names) => {
+                pruned = self.members(Some(names));
+                pruned.as_ref()
+            }
+            None => self.full.get_or_init(|| self.members(None)).as_ref(),
+        };
+        let result = match data {
+            Some(data) => self.compiled.evaluate(expression, data),
+            None => Err(SelectorError::TooMuchData {
+                reason: format!(
+                    "the members' variables it can see add up to more than {MAX_SELECTOR_DATA} values{}",
+                    if names.is_none() {
+                        " (it uses `@` or `*`, which see every variable; name the variables instead)"
+                    } else {
+                        ""
+                    }
+                ),
+            }),
         };
         self.cache
             .borrow_mut()
@@ -76,31 +128,37 @@ impl<'a> Members<'a> {
         result
     }
 
-    /// The members with only the variables in `names` (those they have) and `inventory_hostname`.
-    fn pruned(&self, names: &HashSet<String>) -> Json {
-        Json::Array(
-            self.hosts
-                .iter()
-                .map(|host| {
-                    let mut object = serde_json::Map::new();
+    /// The members as JSON: with only the variables in `names` (those they have) when given, else
+    /// with all; `inventory_hostname` and `group_names` as Ansible's `hostvars` has them. None when
+    /// the plan's budget runs out.
+    fn members(&self, names: Option<&HashSet<String>>) -> Option<Json> {
+        let mut members = Vec::with_capacity(self.hosts.len());
+        for host in self.hosts {
+            let mut object = serde_json::Map::new();
+            match names {
+                // Few names, many variables: look each name up.
+                Some(names) => {
                     for name in names {
-                        if name == "group_names" || name == "inventory_hostname" {
-                            continue;
-                        }
                         if let Some(value) = host.var(name) {
-                            object.insert(name.clone(), value.to_json());
+                            object.insert(name.clone(), self.compiled.json(value)?);
                         }
                     }
-                    if names.contains("group_names") {
-                        let mut groups = host.groups.clone();
-                        groups.sort();
-                        object.insert("group_names".into(), Json::from(groups));
+                }
+                None => {
+                    for (name, value) in host.vars() {
+                        object.insert(name.to_owned(), self.compiled.json(value)?);
                     }
-                    object.insert("inventory_hostname".into(), Json::String(host.name.clone()));
-                    Json::Object(object)
-                })
-                .collect(),
-        )
+                }
+            }
+            if names.is_none_or(|n| n.contains("group_names")) {
+                let mut groups = host.groups.clone();
+                groups.sort();
+                object.insert("group_names".into(), Json::from(groups));
+            }
+            object.insert("inventory_hostname".into(), Json::String(host.name.clone()));
+            members.push(Json::Object(object));
+        }
+        Some(Json::Array(members))
     }
 }
 

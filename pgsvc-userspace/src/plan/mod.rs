@@ -918,6 +918,13 @@ impl ClusterResolver<'_> {
                 offset: 0,
                 reason,
             },
+            SelectorError::TooMuchData { reason } => PlanError::SelectorFailed {
+                at: expr.at.clone(),
+                service: service.to_owned(),
+                field,
+                expression: selector::abbreviate(&expr.text),
+                reason,
+            },
             SelectorError::NotMembers { found } => PlanError::SelectorFailed {
                 at: expr.at.clone(),
                 service: service.to_owned(),

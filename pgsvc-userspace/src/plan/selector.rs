@@ -35,6 +35,8 @@ pub enum SelectorError {
     NotMembers { found: String },
     /// Longer than [`MAX_SELECTOR_LEN`] or with more than [`MAX_SELECTOR_NESTING`] levels.
     TooComplex { reason: String },
+    /// The data it would be evaluated over is past the plan's bound (see `plan::members`).
+    TooMuchData { reason: String },
 }
 
 /// Refuses a selector the recursive JMESPath parser should not be given; see the limits above.
