@@ -1,8 +1,137 @@
 //! Just enough HTTP/1.1 for the admin API: one request per connection, read under hard limits
 //! (head size, header count, body size, and a deadline the caller applies), then `Connection: close`.
 //! Everything a client sends is untrusted: every malformed input maps to a status code, never a panic.
+//!
+//! [`Connections`] decides which connections are served: up to [`MAX_CONNECTIONS`] at once, and when
+//! all are taken a new one closes the *oldest connection that has not yet sent its request* instead
+//! of being refused. Clients that connect and stay silent can then only take slots from each other,
+//! never from a client that sends a request (a health probe, `pgsvc status`): that one is always the
+//! newest, and once its request is in, its slot cannot be taken away.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::oneshot;
+
+/// Connections served at once. Each costs a socket, a small task and a 4 KB read buffer; 1024 keep
+/// well inside the usual open-file limit while leaving room for hundreds of idle clients.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// The admin API's connections: which are still waiting for their request (and so may be closed
+/// to make room) and how many are being served.
+#[derive(Debug)]
+pub struct Connections {
+    capacity: usize,
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    /// Connections still reading their request, oldest first, with the switch that closes them.
+    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Connections whose request is complete (being routed, answered, drained).
+    serving: usize,
+}
+
+impl Connections {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Connections {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Table::default()),
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // The table holds plain counters and senders: a panic elsewhere leaves it consistent.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for a new connection. When all are taken, the oldest connection still waiting for its
+    /// request is closed to make room; None only when every slot is serving a complete request.
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let mut table = self.table();
+        if table.waiting.len() + table.serving >= self.capacity && !Self::evict(&mut table) {
+            return None;
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let (close, closed) = oneshot::channel();
+        table.waiting.insert(id, close);
+        Some(Admission {
+            table: Arc::clone(self),
+            id,
+            closed: Some(closed),
+            serving: false,
+        })
+    }
+
+    /// Closes the oldest connection still waiting for its request (when accept fails for want of
+    /// descriptors, say). False when there is none.
+    pub fn close_oldest_waiting(&self) -> bool {
+        Self::evict(&mut self.table())
+    }
+
+    fn evict(table: &mut Table) -> bool {
+        match table.waiting.pop_first() {
+            Some((_, close)) => {
+                // The receiver may already be gone (the connection is ending on its own): fine.
+                let _ = close.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// (waiting for a request, serving one).
+    pub fn counts(&self) -> (usize, usize) {
+        let table = self.table();
+        (table.waiting.len(), table.serving)
+    }
+}
+
+/// One connection's slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Admission {
+    table: Arc<Connections>,
+    id: u64,
+    closed: Option<oneshot::Receiver<()>>,
+    serving: bool,
+}
+
+impl Admission {
+    /// Runs `read` (the request read, under its deadline) unless the slot is taken away first;
+    /// None when it was (the caller closes the connection without an answer). After a read that
+    /// finished, the slot is the connection's until it is dropped.
+    pub async fn read<F: Future>(&mut self, read: F) -> Option<F::Output> {
+        let closed = self.closed.take()?;
+        let output = tokio::select! {
+            output = read => Some(output),
+            // Taken away (or the table went away): either way, stop serving this connection.
+            _ = closed => None,
+        };
+        let mut table = self.table.table();
+        if table.waiting.remove(&self.id).is_some() && output.is_some() {
+            table.serving += 1;
+            self.serving = true;
+        }
+        drop(table);
+        if self.serving { output } else { None }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut table = self.table.table();
+        if self.serving {
+            table.serving = table.serving.saturating_sub(1);
+        } else {
+            table.waiting.remove(&self.id);
+        }
+    }
+}
 
 /// Request line and headers together.
 pub const MAX_HEAD: usize = 16 * 1024;

@@ -13,7 +13,7 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinSet,
     time::timeout,
 };
@@ -38,8 +38,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A reload re-reads and re-plans the inventory; it answers within this or the client hears 504.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections served at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 64;
+pub use http::MAX_CONNECTIONS;
 /// On shutdown, requests in flight get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -56,7 +55,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = Arc::new(Shared { status, reload });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = http::Connections::new(MAX_CONNECTIONS);
     let mut tasks = JoinSet::new();
     loop {
         if *shutdown.borrow_and_update() {
@@ -70,19 +69,19 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        debug!(%peer, "admin API: too many connections, closing this one");
+                    let Some(slot) = slots.admit() else {
+                        debug!(%peer, "admin API: every connection is serving a request, closing this one");
                         continue;
                     };
                     let shared = shared.clone();
                     tasks.spawn(async move {
-                        handle_connection(stream, &shared).await;
-                        drop(slot);
+                        handle_connection(stream, &shared, slot).await;
                     });
                 }
                 Err(error) => {
                     // Out of descriptors and the like: back off instead of spinning.
                     warn!(%error, "admin API: accept failed");
+                    slots.close_oldest_waiting();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -100,8 +99,15 @@ pub async fn serve(
     tasks.shutdown().await;
 }
 
-async fn handle_connection(mut stream: TcpStream, shared: &Shared) {
-    let response = match timeout(READ_TIMEOUT, http::read_request(&mut stream)).await {
+async fn handle_connection(mut stream: TcpStream, shared: &Shared, mut slot: http::Admission) {
+    let read = slot
+        .read(timeout(READ_TIMEOUT, http::read_request(&mut stream)))
+        .await;
+    let Some(read) = read else {
+        debug!("admin API: closing a connection without a request to make room");
+        return;
+    };
+    let response = match read {
         Err(_) => Some((Response::text(408, "timed out reading the request"), false)),
         Ok(Ok(request)) => Some((route(&request, shared).await, request.method == "HEAD")),
         Ok(Err(error)) => {

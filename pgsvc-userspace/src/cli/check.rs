@@ -32,7 +32,8 @@ pub struct CheckArgs {
 /// Never for bad input (that is reported and turned into exit status 1); only if stdout fails.
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let file = args.inventory.config.display().to_string();
-    let result = plan::load_plan(&args.inventory.config, args.inventory.cluster.as_deref());
+    let result =
+        plan::load_plan_isolated(&args.inventory.config, args.inventory.cluster.as_deref());
     let (plan, warnings, error) = match result {
         Ok((plan, warnings)) => (Some(plan), warnings, None),
         Err(err) => (None, Vec::new(), Some(err)),

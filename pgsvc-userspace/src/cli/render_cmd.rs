@@ -24,7 +24,7 @@ pub fn run(target: RenderTarget) -> anyhow::Result<ExitCode> {
     match target {
         RenderTarget::Haproxy(inventory) => {
             let (plan, warnings) =
-                plan::load_plan(&inventory.config, inventory.cluster.as_deref())?;
+                plan::load_plan_isolated(&inventory.config, inventory.cluster.as_deref())?;
             for warning in &warnings {
                 eprintln!("pgsvc: {warning}");
             }

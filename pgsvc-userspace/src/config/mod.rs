@@ -9,7 +9,7 @@
 
 pub mod yaml;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,6 +87,17 @@ pub enum ConfigError {
     },
     #[error("{at}: YAML syntax error: {message}")]
     Syntax { at: Location, message: String },
+    /// Valid YAML, but past one of the bounds in [`yaml`] or [`MAX_HOSTS`].
+    #[error("{at}: inventory too large: {message}")]
+    Limit { at: Location, message: String },
+    #[error(
+        "{path}: inventory too large: {size} bytes, the limit is {limit} bytes (16 MiB; real inventories are a few hundred KB at most)"
+    )]
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("{file}: inventory is empty: no hosts under `all`")]
     Empty { file: Arc<str> },
     #[error("{at}: {what} must be a mapping, found {found}")]
@@ -103,8 +114,44 @@ pub enum ConfigError {
     },
 }
 
+/// Largest inventory file read: 16 MiB. Real inventories are tens to hundreds of KB; the bound keeps
+/// what one file can make the parser allocate (tree, positions, per-host copies) to a few hundred
+/// MiB at worst, and turns a wrong path (a log, a disk image) into a clear error.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most hosts in one inventory. Pigsty's largest deployments have a few thousand nodes; planning is
+/// linear (40,000 hosts take ~4 s in a debug build) but each host costs a few KB once planned, so
+/// the bound also caps that memory (~150 MB).
+pub const MAX_HOSTS: usize = 50_000;
+
 /// One variable as written, with where it was written.
-pub type Vars = Vec<(String, Node)>;
+pub type Vars = Vec<(String, Arc<Node>)>;
+
+/// Variables after precedence, indexed by name.
+#[derive(Clone, Debug, Default)]
+struct Merged {
+    vars: Vars,
+    index: HashMap<String, usize>,
+}
+
+impl Merged {
+    /// Ansible's default `hash_behaviour=replace`: a later definition replaces the whole value.
+    fn merge(&mut self, from: &Vars) {
+        for (key, value) in from {
+            match self.index.get(key) {
+                Some(&i) => self.vars[i].1 = Arc::clone(value),
+                None => {
+                    self.index.insert(key.clone(), self.vars.len());
+                    self.vars.push((key.clone(), Arc::clone(value)));
+                }
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Node> {
+        self.index.get(name).map(|&i| self.vars[i].1.as_ref())
+    }
+}
 
 /// One inventory host with its effective variables (all precedence applied).
 #[derive(Clone, Debug)]
@@ -115,26 +162,40 @@ pub struct Host {
     pub at: Location,
     /// Names of the groups the host belongs to, directly or through children (without `all`).
     pub groups: Vec<String>,
-    vars: Vars,
+    /// Its groups' variables after precedence, shared by every host with the same groups: a big
+    /// `all.vars` is held once, not once per host.
+    inherited: Arc<Merged>,
+    /// Its own variables (under `hosts:`), over the inherited ones.
+    own: Merged,
 }
 
 impl Host {
     /// The effective value of a variable.
     pub fn var(&self, name: &str) -> Option<&Node> {
-        self.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.own.get(name).or_else(|| self.inherited.get(name))
     }
 
-    pub fn vars(&self) -> &Vars {
-        &self.vars
+    /// Every effective variable, in Ansible's order (inherited first, then the host's new ones).
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &Node)> {
+        let inherited = self.inherited.vars.iter().map(|(k, v)| {
+            let value = self.own.get(k).unwrap_or(v.as_ref());
+            (k.as_str(), value)
+        });
+        let new = self
+            .own
+            .vars
+            .iter()
+            .filter(|(k, _)| !self.inherited.index.contains_key(k))
+            .map(|(k, v)| (k.as_str(), v.as_ref()));
+        inherited.chain(new)
     }
 
     /// The host as Pigsty's selectors see it in `hostvars`: its variables plus the magic
     /// `inventory_hostname` and `group_names`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut object: serde_json::Map<String, serde_json::Value> = self
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
+            .vars()
+            .map(|(k, v)| (k.to_owned(), v.to_json()))
             .collect();
         object.insert(
             "inventory_hostname".into(),
@@ -175,9 +236,36 @@ fn at(file: &Arc<str>, pos: Pos) -> Location {
 /// # Errors
 /// [`ConfigError::Read`] when the file cannot be read, otherwise as [`parse_inventory`].
 pub fn load_inventory(path: &Path) -> Result<(Inventory, Vec<Warning>), ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
+    };
+    let too_large = |size| ConfigError::FileTooLarge {
+        path: path.to_owned(),
+        size,
+        limit: MAX_FILE_BYTES,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let size = file.metadata().map_err(read_error)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(too_large(size));
+    }
+    // The size may change between the check and the read (or lie, for a pipe): read at most one
+    // byte past the limit and look again.
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if read > MAX_FILE_BYTES {
+        return Err(too_large(read));
+    }
+    let source = String::from_utf8(bytes).map_err(|err| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", err.utf8_error().valid_up_to()),
+        ))
     })?;
     parse_inventory(&source, &path.display().to_string())
 }
@@ -188,9 +276,28 @@ pub fn load_inventory(path: &Path) -> Result<(Inventory, Vec<Warning>), ConfigEr
 /// A YAML syntax error, a group or `vars` that is not a mapping, or an inventory without hosts.
 pub fn parse_inventory(source: &str, file: &str) -> Result<(Inventory, Vec<Warning>), ConfigError> {
     let file: Arc<str> = Arc::from(file);
-    let doc = yaml::parse(source).map_err(|err| ConfigError::Syntax {
-        at: at(&file, err.pos),
-        message: err.message,
+    if source.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::Limit {
+            at: at(&file, Pos { line: 1, column: 1 }),
+            message: format!(
+                "{} bytes of text, the limit is {MAX_FILE_BYTES}",
+                source.len()
+            ),
+        });
+    }
+    let doc = yaml::parse(source).map_err(|err| {
+        let at = at(&file, err.pos);
+        if err.limit {
+            ConfigError::Limit {
+                at,
+                message: err.message,
+            }
+        } else {
+            ConfigError::Syntax {
+                at,
+                message: err.message,
+            }
+        }
     })?;
     let mut warnings: Vec<Warning> = doc
         .duplicate_keys
@@ -209,6 +316,7 @@ pub fn parse_inventory(source: &str, file: &str) -> Result<(Inventory, Vec<Warni
         groups: Vec::new(),
         index: HashMap::new(),
         host_order: Vec::new(),
+        seen_hosts: HashSet::new(),
         warnings: &mut warnings,
     };
     let entries = reader.mapping(&root, "the inventory")?;
@@ -246,6 +354,7 @@ struct GroupReader<'a> {
     index: HashMap<String, usize>,
     /// Host names in first-appearance order, with where they first appear.
     host_order: Vec<(String, Pos)>,
+    seen_hosts: HashSet<String>,
     warnings: &'a mut Vec<Warning>,
 }
 
@@ -292,7 +401,7 @@ impl GroupReader<'_> {
     fn vars(&self, node: &Node, what: &str) -> Result<Vars, ConfigError> {
         self.mapping(node, what)?
             .iter()
-            .map(|(k, v)| Ok((self.name(k, "a variable name")?, v.clone())))
+            .map(|(k, v)| Ok((self.name(k, "a variable name")?, Arc::new(v.clone()))))
             .collect()
     }
 
@@ -302,14 +411,20 @@ impl GroupReader<'_> {
             match key.scalar_text().as_deref() {
                 Some("vars") => {
                     let vars = self.vars(value, &format!("`{group_name}.vars`"))?;
-                    merge_vars(&mut self.groups[id].vars, vars);
+                    merge_vars(&mut self.groups[id].vars, &vars);
                 }
                 Some("hosts") => {
                     let what = format!("`{group_name}.hosts`");
                     for (host_key, host_vars) in self.mapping(value, &what)? {
                         let host = self.name(host_key, "a host name")?;
                         let vars = self.vars(host_vars, &format!("host `{host}`"))?;
-                        if !self.host_order.iter().any(|(h, _)| *h == host) {
+                        if self.seen_hosts.insert(host.clone()) {
+                            if self.host_order.len() >= MAX_HOSTS {
+                                return Err(ConfigError::Limit {
+                                    at: at(self.file, host_key.pos),
+                                    message: format!("more than {MAX_HOSTS} hosts"),
+                                });
+                            }
                             self.host_order.push((host.clone(), host_key.pos));
                         }
                         self.groups[id].hosts.push((host, vars));
@@ -337,72 +452,112 @@ impl GroupReader<'_> {
         Ok(())
     }
 
-    /// Depth of a group below `all` (the longest path, as Ansible counts it).
-    fn depth(&self, id: usize, seen: &mut Vec<usize>) -> usize {
-        if seen.contains(&id) {
-            return 0; // a cycle: Ansible refuses it; here it just stops the walk
+    /// Depth of every group below `all` (the longest path of parents, as Ansible counts it),
+    /// memoised and without recursion: groups can be chained by name to any length, and a diamond
+    /// of parents must not be walked once per path. A cycle (Ansible refuses them) ends the walk.
+    fn depths(&self) -> Vec<usize> {
+        const TODO: u8 = 0;
+        const OPEN: u8 = 1;
+        const DONE: u8 = 2;
+        let mut state = vec![TODO; self.groups.len()];
+        let mut depth = vec![0usize; self.groups.len()];
+        for start in 0..self.groups.len() {
+            if state[start] != TODO {
+                continue;
+            }
+            // (group, index of the next parent to look at)
+            let mut stack = vec![(start, 0usize)];
+            state[start] = OPEN;
+            while let Some(&mut (id, ref mut next)) = stack.last_mut() {
+                if let Some(&parent) = self.groups[id].parents.get(*next) {
+                    *next += 1;
+                    match state[parent] {
+                        TODO => {
+                            state[parent] = OPEN;
+                            stack.push((parent, 0));
+                        }
+                        // DONE: its depth is final; OPEN: a cycle, counted as a root.
+                        _ => depth[id] = depth[id].max(depth[parent] + 1),
+                    }
+                } else {
+                    state[id] = DONE;
+                    stack.pop();
+                    if let Some(&(child, _)) = stack.last() {
+                        depth[child] = depth[child].max(depth[id] + 1);
+                    }
+                }
+            }
         }
-        seen.push(id);
-        let depth = self.groups[id]
-            .parents
-            .iter()
-            .map(|&p| self.depth(p, seen) + 1)
-            .max()
-            .unwrap_or(0);
-        seen.pop();
         depth
     }
 
-    fn ancestors(&self, id: usize, out: &mut Vec<usize>) {
-        if out.contains(&id) {
-            return;
-        }
-        out.push(id);
-        for &p in &self.groups[id].parents {
-            self.ancestors(p, out);
+    /// `id` and every group above it, each once; `stamp`/`mark` make it O(ancestors).
+    fn ancestors(&self, id: usize, mark: &mut [usize], stamp: usize, out: &mut Vec<usize>) {
+        let mut todo = vec![id];
+        while let Some(g) = todo.pop() {
+            if mark[g] == stamp {
+                continue;
+            }
+            mark[g] = stamp;
+            out.push(g);
+            todo.extend(self.groups[g].parents.iter().copied());
         }
     }
 
     fn resolve_hosts(&self) -> Vec<Host> {
+        let depths = self.depths();
+        let priorities: Vec<i64> = self
+            .groups
+            .iter()
+            .map(|group| {
+                group
+                    .vars
+                    .iter()
+                    .find(|(k, _)| k == "ansible_group_priority")
+                    .and_then(|(_, v)| match v.value {
+                        Value::Int(i) => Some(i),
+                        _ => None,
+                    })
+                    .unwrap_or(1)
+            })
+            .collect();
+        // Per host: the groups listing it and its variables there, in group then file order.
+        let mut listed: HashMap<&str, Vec<(usize, &Vars)>> = HashMap::new();
+        for (id, group) in self.groups.iter().enumerate() {
+            for (host, vars) in &group.hosts {
+                listed.entry(host.as_str()).or_default().push((id, vars));
+            }
+        }
+        let mut mark = vec![0usize; self.groups.len()];
         let mut hosts = Vec::with_capacity(self.host_order.len());
-        for (name, pos) in &self.host_order {
+        // Hosts with the same groups (every member of a cluster) share one merge of their variables.
+        let mut merged: HashMap<Vec<usize>, Arc<Merged>> = HashMap::new();
+        for (n, (name, pos)) in self.host_order.iter().enumerate() {
+            let listings = listed.get(name.as_str()).map_or(&[][..], Vec::as_slice);
             let mut member_of = Vec::new();
-            for (id, group) in self.groups.iter().enumerate() {
-                if group.hosts.iter().any(|(h, _)| h == name) {
-                    self.ancestors(id, &mut member_of);
-                }
+            for &(id, _) in listings {
+                self.ancestors(id, &mut mark, n + 1, &mut member_of);
             }
             let mut ordered: Vec<(usize, i64, &str, usize)> = member_of
                 .iter()
                 .map(|&id| {
-                    let group = &self.groups[id];
-                    let priority = group
-                        .vars
-                        .iter()
-                        .find(|(k, _)| k == "ansible_group_priority")
-                        .and_then(|(_, v)| match v.value {
-                            Value::Int(i) => Some(i),
-                            _ => None,
-                        })
-                        .unwrap_or(1);
-                    (
-                        self.depth(id, &mut Vec::new()),
-                        priority,
-                        group.name.as_str(),
-                        id,
-                    )
+                    let name = self.groups[id].name.as_str();
+                    (depths[id], priorities[id], name, id)
                 })
                 .collect();
-            ordered.sort();
-            let mut vars = Vars::new();
-            for &(_, _, _, id) in &ordered {
-                merge_vars(&mut vars, self.groups[id].vars.clone());
-            }
-            // Host variables last; a host listed under several groups merges them in file order.
-            for group in &self.groups {
-                for (_, host_vars) in group.hosts.iter().filter(|(h, _)| h == name) {
-                    merge_vars(&mut vars, host_vars.clone());
+            ordered.sort_unstable();
+            let ids: Vec<usize> = ordered.iter().map(|&(_, _, _, id)| id).collect();
+            let inherited = Arc::clone(merged.entry(ids).or_insert_with_key(|ids| {
+                let mut vars = Merged::default();
+                for &id in ids {
+                    vars.merge(&self.groups[id].vars);
                 }
+                Arc::new(vars)
+            }));
+            // Host variables last; a host listed under several groups merges them in file order.
+            let mut own = Merged::default();
+            for &(_, host_vars) in listings {
+                own.merge(host_vars);
             }
             let groups = ordered
                 .iter()
@@ -413,21 +568,27 @@ impl GroupReader<'_> {
                 name: name.clone(),
                 at: at(self.file, *pos),
                 groups,
-                vars,
+                inherited,
+                own,
             });
         }
         hosts
     }
 }
 
-/// Ansible's default `hash_behaviour=replace`: a later definition replaces the whole value.
-fn merge_vars(into: &mut Vars, from: Vars) {
-    for (key, value) in from {
-        match into.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => into.push((key, value)),
-        }
-    }
+/// Merges a group's `vars:` section into what earlier sections of the same group set (a group can
+/// appear more than once); the later one wins, as in [`Merged::merge`].
+fn merge_vars(into: &mut Vars, from: &Vars) {
+    let mut merged = Merged {
+        index: into
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect(),
+        vars: std::mem::take(into),
+    };
+    merged.merge(from);
+    *into = merged.vars;
 }
 
 #[cfg(test)]

@@ -116,11 +116,37 @@ impl Node {
     }
 }
 
+/// Bounds on what one inventory may expand to. A real Pigsty inventory (the largest shipped
+/// examples are ~100 KB, a few thousand nodes, nesting under 12) is far inside all of them; they exist
+/// so that a hostile or broken file becomes an error instead of exhausting memory or the stack.
+///
+/// Nesting deeper than this is refused: the tree is later walked recursively (clone, drop, JSON).
+pub const MAX_DEPTH: usize = 64;
+/// Nodes after alias and merge-key expansion (each ≈ 40–80 bytes).
+pub const MAX_NODES: usize = 1_000_000;
+/// Nodes copied by aliases: stops "billion laughs" files early (a 414-byte one expands to 9^9
+/// scalars). Real inventories alias a few shared variable maps: thousands of nodes at most.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+/// Scalar bytes after alias expansion (an aliased 1 MB scalar costs 1 MB per use).
+pub const MAX_SCALAR_BYTES: usize = 64 * 1024 * 1024;
+
 /// A YAML syntax (or unsupported construct) error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyntaxError {
     pub pos: Pos,
     pub message: String,
+    /// The text is valid YAML but exceeds one of the limits above.
+    pub limit: bool,
+}
+
+impl SyntaxError {
+    fn limit(pos: Pos, message: String) -> Self {
+        SyntaxError {
+            pos,
+            message,
+            limit: true,
+        }
+    }
 }
 
 impl fmt::Display for SyntaxError {
@@ -137,21 +163,41 @@ pub struct Document {
     pub duplicate_keys: Vec<(Pos, String)>,
 }
 
-/// Parses one YAML document.
+/// Parses one YAML document (the first of the stream), within [`MAX_DEPTH`], [`MAX_NODES`] and
+/// [`MAX_SCALAR_BYTES`].
+///
+/// The events are pulled one at a time rather than through yaml-rust2's `load`, which recurses once
+/// per nesting level and would overflow the stack on a deeply nested file before any limit applies.
 ///
 /// # Errors
-/// A [`SyntaxError`] with the position the scanner stopped at, or for an alias to an unknown anchor.
+/// A [`SyntaxError`] with the position the scanner stopped at, for an alias to an unknown anchor,
+/// or for a document past one of the limits.
 pub fn parse(source: &str) -> Result<Document, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(source);
-    parser
-        .load(&mut builder, false)
-        .map_err(|err| SyntaxError {
-            pos: Pos::from_marker(*err.marker()),
-            message: err.info().to_owned(),
+    loop {
+        let (event, mark) = parser.next_token().map_err(|err| {
+            let pos = Pos::from_marker(*err.marker());
+            if err.info() == "recursion limit exceeded" {
+                // yaml-rust2's scanner stops at 255 levels of flow `[`/`{` before our depth check
+                // sees them: the same limit, said the same way.
+                SyntaxError::limit(pos, format!("nesting deeper than {MAX_DEPTH} levels"))
+            } else {
+                SyntaxError {
+                    pos,
+                    message: err.info().to_owned(),
+                    limit: false,
+                }
+            }
         })?;
-    if let Some(err) = builder.error {
-        return Err(err);
+        let done = matches!(event, Event::DocumentEnd | Event::StreamEnd);
+        builder.on_event(event, mark);
+        if let Some(err) = builder.error.take() {
+            return Err(err);
+        }
+        if done {
+            break;
+        }
     }
     Ok(Document {
         root: builder.root,
@@ -165,39 +211,97 @@ enum Frame {
         anchor: usize,
         pos: Pos,
         items: Vec<Node>,
+        /// `Builder::nodes` / `Builder::bytes` when it opened: its expanded size is the difference.
+        opened: (usize, usize),
     },
     Map {
         anchor: usize,
         pos: Pos,
         entries: Vec<(Node, Node)>,
+        /// Key text → index in `entries`, so that each insertion is O(1) (a 40,000-host group
+        /// would otherwise compare every key with every earlier one).
+        index: HashMap<Option<String>, usize>,
         pending_key: Option<Node>,
+        opened: (usize, usize),
     },
+}
+
+/// An anchored node and what one more use of it costs.
+struct Anchored {
+    node: Node,
+    nodes: usize,
+    bytes: usize,
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
     root: Option<Node>,
     error: Option<SyntaxError>,
     duplicate_keys: Vec<(Pos, String)>,
+    /// Nodes and scalar bytes built so far, aliases counted at their expanded size.
+    nodes: usize,
+    bytes: usize,
+    /// Nodes copied by aliases so far.
+    alias_nodes: usize,
 }
 
 impl Builder {
-    fn push_node(&mut self, node: Node, anchor: usize) {
+    /// Charges `nodes` and `bytes` to the budget; false (and an error) past a limit.
+    fn charge(&mut self, nodes: usize, bytes: usize, pos: Pos) -> bool {
+        self.nodes = self.nodes.saturating_add(nodes);
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.nodes > MAX_NODES {
+            self.error = Some(SyntaxError::limit(
+                pos,
+                format!(
+                    "the document expands to more than {MAX_NODES} nodes (aliases counted at their expanded size)"
+                ),
+            ));
+        } else if self.bytes > MAX_SCALAR_BYTES {
+            self.error = Some(SyntaxError::limit(
+                pos,
+                format!(
+                    "the document's scalars expand to more than {} MiB (aliases counted at their expanded size)",
+                    MAX_SCALAR_BYTES >> 20
+                ),
+            ));
+        }
+        self.error.is_none()
+    }
+
+    fn open(&mut self, pos: Pos) -> bool {
+        if self.stack.len() >= MAX_DEPTH {
+            self.error = Some(SyntaxError::limit(
+                pos,
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            ));
+            return false;
+        }
+        self.charge(1, 0, pos)
+    }
+
+    fn push_node(&mut self, node: Node, anchor: usize, opened: (usize, usize)) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let anchored = Anchored {
+                node: node.clone(),
+                nodes: self.nodes - opened.0,
+                bytes: self.bytes - opened.1,
+            };
+            self.anchors.insert(anchor, anchored);
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map {
                 entries,
+                index,
                 pending_key,
                 ..
             }) => match pending_key.take() {
                 None => *pending_key = Some(node),
-                Some(key) => insert_entry(entries, key, node, &mut self.duplicate_keys),
+                Some(key) => insert_entry(entries, index, key, node, &mut self.duplicate_keys),
             },
         }
     }
@@ -206,31 +310,41 @@ impl Builder {
 /// Inserts a mapping entry; `<<` merges (PyYAML supports them, and Ansible inventories use them).
 fn insert_entry(
     entries: &mut Vec<(Node, Node)>,
+    index: &mut HashMap<Option<String>, usize>,
     key: Node,
     value: Node,
     duplicates: &mut Vec<(Pos, String)>,
 ) {
     if key.as_str() == Some("<<") {
-        let sources: Vec<&Node> = match &value.value {
-            Value::Seq(items) => items.iter().collect(),
-            _ => vec![&value],
+        let sources: Vec<Node> = match value.value {
+            Value::Seq(items) => items,
+            other => vec![Node {
+                value: other,
+                pos: value.pos,
+            }],
         };
         for source in sources {
-            for (k, v) in source.as_map().unwrap_or_default() {
-                let text = k.scalar_text();
+            let Value::Map(merged) = source.value else {
+                continue;
+            };
+            for (k, v) in merged {
                 // Explicit keys win over merged ones.
-                if !entries.iter().any(|(e, _)| e.scalar_text() == text) {
-                    entries.push((k.clone(), v.clone()));
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    index.entry(k.scalar_text())
+                {
+                    slot.insert(entries.len());
+                    entries.push((k, v));
                 }
             }
         }
         return;
     }
     let text = key.scalar_text();
-    if let Some(slot) = entries.iter_mut().find(|(k, _)| k.scalar_text() == text) {
+    if let Some(&i) = index.get(&text) {
         duplicates.push((key.pos, text.unwrap_or_default()));
-        *slot = (key, value);
+        entries[i] = (key, value);
     } else {
+        index.insert(text, entries.len());
         entries.push((key, value));
     }
 }
@@ -241,35 +355,57 @@ impl MarkedEventReceiver for Builder {
             return;
         }
         let pos = Pos::from_marker(mark);
+        let opened = (self.nodes, self.bytes);
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
+                if !self.charge(1, text.len(), pos) {
+                    return;
+                }
                 let value = resolve_scalar(text, style, tag.as_ref());
-                self.push_node(Node { value, pos }, anchor);
+                self.push_node(Node { value, pos }, anchor, opened);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
-                anchor,
-                pos,
-                items: Vec::new(),
-            }),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                anchor,
-                pos,
-                entries: Vec::new(),
-                pending_key: None,
-            }),
+            Event::SequenceStart(anchor, _) => {
+                if self.open(pos) {
+                    self.stack.push(Frame::Seq {
+                        anchor,
+                        pos,
+                        items: Vec::new(),
+                        opened,
+                    });
+                }
+            }
+            Event::MappingStart(anchor, _) => {
+                if self.open(pos) {
+                    self.stack.push(Frame::Map {
+                        anchor,
+                        pos,
+                        entries: Vec::new(),
+                        index: HashMap::new(),
+                        pending_key: None,
+                        opened,
+                    });
+                }
+            }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { anchor, pos, items }) => (
+                let (node, anchor, opened) = match self.stack.pop() {
+                    Some(Frame::Seq {
+                        anchor,
+                        pos,
+                        items,
+                        opened,
+                    }) => (
                         Node {
                             value: Value::Seq(items),
                             pos,
                         },
                         anchor,
+                        opened,
                     ),
                     Some(Frame::Map {
                         anchor,
                         pos,
                         entries,
+                        opened,
                         ..
                     }) => (
                         Node {
@@ -277,20 +413,39 @@ impl MarkedEventReceiver for Builder {
                             pos,
                         },
                         anchor,
+                        opened,
                     ),
                     None => return,
                 };
-                self.push_node(node, anchor);
+                self.push_node(node, anchor, opened);
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(node) => self.push_node(Node { pos, ..node }, 0),
-                None => {
+            Event::Alias(id) => {
+                let Some((nodes, bytes)) = self.anchors.get(&id).map(|a| (a.nodes, a.bytes)) else {
                     self.error = Some(SyntaxError {
                         pos,
                         message: "alias to an unknown anchor".to_owned(),
+                        limit: false,
                     });
+                    return;
+                };
+                // Charged before the copy is made: the budget is checked, never the memory.
+                self.alias_nodes = self.alias_nodes.saturating_add(nodes);
+                if self.alias_nodes > MAX_ALIAS_NODES {
+                    self.error = Some(SyntaxError::limit(
+                        pos,
+                        format!(
+                            "aliases expand to more than {MAX_ALIAS_NODES} nodes (\"billion laughs\")"
+                        ),
+                    ));
+                    return;
                 }
-            },
+                if !self.charge(nodes, bytes, pos) {
+                    return;
+                }
+                if let Some(node) = self.anchors.get(&id).map(|a| a.node.clone()) {
+                    self.push_node(Node { pos, ..node }, 0, opened);
+                }
+            }
             Event::Nothing
             | Event::StreamStart
             | Event::StreamEnd

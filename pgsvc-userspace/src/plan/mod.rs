@@ -10,17 +10,21 @@
 //! member in inventory order: Pigsty renders them per node from that node's variables, which are
 //! group variables in every real inventory.
 
+mod isolated;
+mod members;
 pub mod model;
 pub mod options;
 pub mod selector;
 pub mod service;
 
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{self as cfg, Host, Inventory, Node, Value};
 pub use crate::config::{ConfigError, Location, Warning, WarningKind};
+pub use isolated::{PLANNER_STACK, load_plan_isolated};
 pub use model::*;
 use options::{OptionNote, RtoPlan};
 use selector::SelectorError;
@@ -32,6 +36,9 @@ use service::{Dest, Expr, ServiceSpec, Source, describe};
 pub enum PlanError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A defect in pgsvc itself (a panic while planning), caught by [`load_plan_isolated`].
+    #[error("{file}: internal error while reading the inventory (please report it): {reason}")]
+    Internal { file: String, reason: String },
     #[error("{file}: no PostgreSQL cluster: no host sets `pg_cluster`")]
     NoClusters { file: Arc<str> },
     #[error("{file}: unknown cluster `{name}` (the inventory has: {known})")]
@@ -154,10 +161,13 @@ impl PlanError {
     pub fn location(&self) -> Option<&Location> {
         match self {
             PlanError::Config(
-                ConfigError::Syntax { at, .. } | ConfigError::NotAMapping { at, .. },
+                ConfigError::Syntax { at, .. }
+                | ConfigError::NotAMapping { at, .. }
+                | ConfigError::Limit { at, .. },
             )
             | PlanError::Config(ConfigError::BadName { at, .. }) => Some(at),
             PlanError::Config(_)
+            | PlanError::Internal { .. }
             | PlanError::NoClusters { .. }
             | PlanError::UnknownCluster { .. } => None,
             PlanError::MissingVar { at, .. }
@@ -211,6 +221,7 @@ pub fn plan_from_inventory(
 ) -> Result<(Plan, Vec<Warning>), PlanError> {
     // Clusters in order of first appearance, members in hostvars order.
     let mut clusters: Vec<(String, Vec<&Host>)> = Vec::new();
+    let mut cluster_index: HashMap<String, usize> = HashMap::new();
     for host in &inventory.hosts {
         let Some(node) = host.var("pg_cluster") else {
             continue;
@@ -226,9 +237,12 @@ pub fn plan_from_inventory(
                 });
             }
         };
-        match clusters.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, members)) => members.push(host),
-            None => clusters.push((name, vec![host])),
+        match cluster_index.get(&name) {
+            Some(&i) => clusters[i].1.push(host),
+            None => {
+                cluster_index.insert(name.clone(), clusters.len());
+                clusters.push((name, vec![host]));
+            }
         }
     }
     if clusters.is_empty() {
@@ -254,11 +268,13 @@ pub fn plan_from_inventory(
         clusters: Vec::with_capacity(clusters.len()),
     };
     let mut providers: Vec<ProviderPorts> = Vec::new();
+    let shared = Shared::default();
     for (name, members) in &clusters {
         let resolver = ClusterResolver {
             inventory,
             name,
             members,
+            shared: &shared,
         };
         let (cluster_plan, specs) = resolver.resolve(&mut warnings)?;
         let provider = resolver.provider();
@@ -271,7 +287,8 @@ pub fn plan_from_inventory(
 /// With `pg_service_provider` set, every cluster's services are bound on the same provider group,
 /// so their ports must not clash across clusters (Pigsty's own rule).
 /// A `pg_service_provider` group and the services (with their cluster) bound on it so far.
-type ProviderPorts = (Option<String>, Vec<(ServiceSpec, String)>);
+/// The services are indexed by port, so that many clusters on one provider stay linear.
+type ProviderPorts = (Option<String>, HashMap<u16, Vec<(ServiceSpec, String)>>);
 
 fn check_cross_cluster_ports(
     providers: &mut Vec<ProviderPorts>,
@@ -288,13 +305,14 @@ fn check_cross_cluster_ports(
     {
         Some(i) => &mut providers[i].1,
         None => {
-            providers.push((Some(provider), Vec::new()));
+            providers.push((Some(provider), HashMap::new()));
             let last = providers.len() - 1;
             &mut providers[last].1
         }
     };
     for spec in specs {
-        if let Some((other, other_cluster)) = entry.iter().find(|(o, _)| clashes(o, spec)) {
+        let same_port = entry.get(&spec.port).map_or(&[][..], Vec::as_slice);
+        if let Some((other, other_cluster)) = same_port.iter().find(|(o, _)| clashes(o, spec)) {
             return Err(PlanError::PortClash {
                 at: spec.port_at.clone(),
                 service: format!("{cluster}-{}", spec.name),
@@ -305,7 +323,12 @@ fn check_cross_cluster_ports(
             });
         }
     }
-    entry.extend(specs.iter().map(|s| (s.clone(), cluster.to_owned())));
+    for spec in specs {
+        entry
+            .entry(spec.port)
+            .or_default()
+            .push((spec.clone(), cluster.to_owned()));
+    }
     Ok(())
 }
 
@@ -324,10 +347,29 @@ fn bind_text(ip: BindAddr) -> String {
     }
 }
 
+/// What every service of a cluster is resolved against, computed once per cluster.
+struct ServiceContext<'a> {
+    instances: &'a [Instance],
+    /// The members' `hostvars`, what selectors are evaluated over.
+    members: &'a members::Members<'a>,
+    /// `inventory_hostname` → index in `instances` (and in the members).
+    member_index: &'a HashMap<&'a str, usize>,
+    default_dest: Dest,
+    rto_line: &'a str,
+}
+
 struct ClusterResolver<'a> {
     inventory: &'a Inventory,
     name: &'a str,
     members: &'a [&'a Host],
+    shared: &'a Shared,
+}
+
+/// What every cluster of a plan uses alike, built once per plan (thousands of clusters).
+#[derive(Default)]
+struct Shared {
+    compiled: members::Compiled,
+    builtin_defaults: std::cell::OnceCell<Node>,
 }
 
 impl ClusterResolver<'_> {
@@ -357,8 +399,7 @@ impl ClusterResolver<'_> {
         warnings: &mut Vec<Warning>,
     ) -> Result<(ClusterPlan, Vec<ServiceSpec>), PlanError> {
         let instances = self.instances(warnings)?;
-        let members_json =
-            serde_json::Value::Array(self.members.iter().map(|h| h.to_json()).collect());
+        let members = members::Members::new(self.members, &self.shared.compiled);
         let default_dest = match self.cluster_var("pg_default_service_dest") {
             None => Dest::Pgbouncer,
             Some(n) => service::parse_dest(n, self.src(), "`pg_default_service_dest`", false)?,
@@ -367,9 +408,24 @@ impl ClusterResolver<'_> {
         let specs = self.service_specs(warnings)?;
 
         let mut services: Vec<ServicePlan> = Vec::with_capacity(specs.len());
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+        let member_index: HashMap<&str, usize> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name.as_str(), i))
+            .collect();
+        let ctx = ServiceContext {
+            instances: &instances,
+            members: &members,
+            member_index: &member_index,
+            default_dest,
+            rto_line: &rto_line,
+        };
         for (i, spec) in specs.iter().enumerate() {
             let full = format!("{}-{}", self.name, spec.name);
-            if let Some(first) = specs[..i].iter().find(|s| s.name == spec.name) {
+            if let Some(first) = by_name.get(spec.name.as_str()).map(|&j| &specs[j]) {
                 return Err(PlanError::DuplicateService {
                     at: spec.at.clone(),
                     cluster: self.name.to_owned(),
@@ -377,7 +433,13 @@ impl ClusterResolver<'_> {
                     first: first.at.clone(),
                 });
             }
-            if let Some(other) = specs[..i].iter().find(|o| clashes(o, spec)) {
+            by_name.insert(spec.name.as_str(), i);
+            let same_port = by_port.entry(spec.port).or_default();
+            if let Some(other) = same_port
+                .iter()
+                .map(|&j| &specs[j])
+                .find(|o| clashes(o, spec))
+            {
                 return Err(PlanError::PortClash {
                     at: spec.port_at.clone(),
                     service: full,
@@ -387,15 +449,8 @@ impl ClusterResolver<'_> {
                     other_at: other.port_at.clone(),
                 });
             }
-            services.push(self.service(
-                spec,
-                &full,
-                &instances,
-                &members_json,
-                default_dest,
-                &rto_line,
-                warnings,
-            )?);
+            same_port.push(i);
+            services.push(self.service(spec, &full, &ctx, warnings)?);
         }
         let plan = ClusterPlan {
             name: self.name.to_owned(),
@@ -408,9 +463,10 @@ impl ClusterResolver<'_> {
 
     fn instances(&self, warnings: &mut Vec<Warning>) -> Result<Vec<Instance>, PlanError> {
         let mut instances: Vec<Instance> = Vec::with_capacity(self.members.len());
+        let mut by_seq: HashMap<u32, usize> = HashMap::new();
         for host in self.members {
             let instance = self.instance(host, warnings)?;
-            if let Some(first) = instances.iter().find(|i| i.seq == instance.seq) {
+            if let Some(first) = by_seq.get(&instance.seq).map(|&i| &instances[i]) {
                 let at = host
                     .var("pg_seq")
                     .map_or_else(|| host.at.clone(), |n| self.inventory.loc(n.pos));
@@ -422,6 +478,7 @@ impl ClusterResolver<'_> {
                     first: first.addr.to_string(),
                 });
             }
+            by_seq.insert(instance.seq, instances.len());
             instances.push(instance);
         }
         Ok(instances)
@@ -679,9 +736,15 @@ impl ClusterResolver<'_> {
             )?,
             None => {
                 let file: Arc<str> = Arc::from(service::DEFAULT_SERVICES_FILE);
-                let list = builtin_default_services(&file)?;
+                let list = match self.shared.builtin_defaults.get() {
+                    Some(list) => list,
+                    None => {
+                        let parsed = builtin_default_services(&file)?;
+                        self.shared.builtin_defaults.get_or_init(|| parsed)
+                    }
+                };
                 self.read_services(
-                    &list,
+                    list,
                     "pg_default_services",
                     Source { file: &file },
                     &mut specs,
@@ -717,42 +780,36 @@ impl ClusterResolver<'_> {
         Ok(())
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site; the values are the cluster's resolved context"
-    )]
     fn service(
         &self,
         spec: &ServiceSpec,
         full: &str,
-        instances: &[Instance],
-        members: &serde_json::Value,
-        default_dest: Dest,
-        rto_line: &str,
+        ctx: &ServiceContext<'_>,
         warnings: &mut Vec<Warning>,
     ) -> Result<ServicePlan, PlanError> {
-        let selected = self.evaluate(&spec.selector, full, "selector", members)?;
+        let selected = self.evaluate(&spec.selector, full, "selector", ctx.members)?;
         let backups = match &spec.backup {
-            Some(expr) => self.evaluate(expr, full, "backup", members)?,
+            Some(expr) => self.evaluate(expr, full, "backup", ctx.members)?,
             None => Vec::new(),
         };
+        let selected_set: HashSet<&String> = selected.iter().collect();
+        let backup_set: HashSet<&String> = backups.iter().collect();
         // Declaration order: selected members, then backup members that were not selected.
         let order: Vec<&String> = selected
             .iter()
-            .chain(backups.iter().filter(|b| !selected.contains(b)))
+            .chain(backups.iter().filter(|b| !selected_set.contains(b)))
             .collect();
         let dest = match spec.dest {
-            Dest::Default => default_dest,
+            Dest::Default => ctx.default_dest,
             other => other,
         };
         let mut servers = Vec::with_capacity(order.len());
         for host in order {
             // Selectors only see members, so every name is one of them; instances share their order.
-            let Some(instance) = self
-                .members
-                .iter()
-                .position(|h| h.name == *host)
-                .and_then(|i| instances.get(i))
+            let Some(instance) = ctx
+                .member_index
+                .get(host.as_str())
+                .and_then(|&i| ctx.instances.get(i))
             else {
                 continue;
             };
@@ -768,7 +825,7 @@ impl ClusterResolver<'_> {
                 check_port: instance.patroni_port,
                 check_tls: instance.patroni_tls,
                 weight: instance.weight,
-                backup: backups.contains(host),
+                backup: backup_set.contains(host),
             });
         }
         if servers.is_empty() {
@@ -783,7 +840,7 @@ impl ClusterResolver<'_> {
         }
         let (options_line, options_at) = match &spec.options {
             Some((line, at)) => (line.clone(), at.clone()),
-            None => (rto_line.to_owned(), spec.at.clone()),
+            None => (ctx.rto_line.to_owned(), spec.at.clone()),
         };
         let (options, notes) =
             options::parse_default_server(&options_line).map_err(|e| PlanError::InvalidOption {
@@ -835,9 +892,9 @@ impl ClusterResolver<'_> {
         expr: &Expr,
         service: &str,
         field: &'static str,
-        members: &serde_json::Value,
+        members: &members::Members<'_>,
     ) -> Result<Vec<String>, PlanError> {
-        selector::select(&expr.text, members).map_err(|err| match err {
+        members.select(&expr.text).map_err(|err| match err {
             SelectorError::Syntax { offset, reason } => PlanError::InvalidSelector {
                 at: expr.at.clone(),
                 service: service.to_owned(),
@@ -851,6 +908,21 @@ impl ClusterResolver<'_> {
                 service: service.to_owned(),
                 field,
                 expression: expr.text.clone(),
+                reason,
+            },
+            SelectorError::TooComplex { reason } => PlanError::InvalidSelector {
+                at: expr.at.clone(),
+                service: service.to_owned(),
+                field,
+                expression: selector::abbreviate(&expr.text),
+                offset: 0,
+                reason,
+            },
+            SelectorError::TooMuchData { reason } => PlanError::SelectorFailed {
+                at: expr.at.clone(),
+                service: service.to_owned(),
+                field,
+                expression: selector::abbreviate(&expr.text),
                 reason,
             },
             SelectorError::NotMembers { found } => PlanError::SelectorFailed {

@@ -8,7 +8,21 @@
 //! jmespath (what Ansible's `json_query` runs) still reads a literal that is not valid JSON as a
 //! string, the Rust crate does not, so such literals are rewritten before compiling.
 
+use std::collections::HashSet;
+
 use serde_json::Value as Json;
+
+/// Longest selector accepted, in bytes. Pigsty's own are under 60; a selector is one expression
+/// written by hand, and the JMESPath parser and evaluator are recursive, so size is bounded first.
+pub const MAX_SELECTOR_LEN: usize = 4096;
+/// Most brackets and operators (`( [ { ! & | . = < >`, each character counted) in one selector.
+/// Every one of them can add a level to the syntax tree, and the JMESPath parser, evaluator and
+/// the tree's drop all recurse over that depth — a chain `a || a || …` as much as nested
+/// parentheses; nothing else adds depth. Pigsty's own selectors have at most 5. Measured in a
+/// debug build (frames are largest there), 64 levels need under 768 KiB of stack: inside an async
+/// worker's 2 MiB. Checked before the expression is parsed, so a selector nested 10,000 deep is an
+/// error here, not a stack overflow there.
+pub const MAX_SELECTOR_NESTING: usize = 64;
 
 /// Why a selector could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +33,63 @@ pub enum SelectorError {
     Runtime { reason: String },
     /// It yields something other than member objects.
     NotMembers { found: String },
+    /// Longer than [`MAX_SELECTOR_LEN`] or with more than [`MAX_SELECTOR_NESTING`] levels.
+    TooComplex { reason: String },
+    /// The data it would be evaluated over is past the plan's bound (see `plan::members`).
+    TooMuchData { reason: String },
+}
+
+/// Refuses a selector the recursive JMESPath parser should not be given; see the limits above.
+///
+/// # Errors
+/// [`SelectorError::TooComplex`] with what is over the limit.
+pub fn check_complexity(expression: &str) -> Result<(), SelectorError> {
+    if expression.len() > MAX_SELECTOR_LEN {
+        return Err(SelectorError::TooComplex {
+            reason: format!(
+                "{} bytes long, the limit is {MAX_SELECTOR_LEN}",
+                expression.len()
+            ),
+        });
+    }
+    let mut nesting = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in expression.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' | '`' => quote = Some(c),
+            '(' | '[' | '{' | '!' | '&' | '|' | '.' | '=' | '<' | '>' => nesting += 1,
+            _ => {}
+        }
+    }
+    if nesting > MAX_SELECTOR_NESTING {
+        return Err(SelectorError::TooComplex {
+            reason: format!(
+                "{nesting} brackets and operators (each can nest the expression one level deeper), the limit is {MAX_SELECTOR_NESTING}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The expression for an error message: whole when short, else its start and its length.
+pub fn abbreviate(expression: &str) -> String {
+    const SHOWN: usize = 80;
+    if expression.chars().count() <= SHOWN {
+        return expression.to_owned();
+    }
+    let start: String = expression.chars().take(SHOWN).collect();
+    format!("{start}… ({} bytes)", expression.len())
 }
 
 /// Evaluates `expression` over `members` (a JSON array of member objects) and returns the selected
@@ -27,11 +98,30 @@ pub enum SelectorError {
 /// # Errors
 /// [`SelectorError`] when the expression is invalid or does not select members.
 pub fn select(expression: &str, members: &Json) -> Result<Vec<String>, SelectorError> {
+    evaluate(&compile(expression)?, members)
+}
+
+/// A selector checked against the limits and compiled.
+///
+/// # Errors
+/// [`SelectorError::TooComplex`] or [`SelectorError::Syntax`].
+pub fn compile(expression: &str) -> Result<jmespath::Expression<'static>, SelectorError> {
+    check_complexity(expression)?;
     let (rewritten, shifts) = quote_legacy_literals(expression);
-    let compiled = jmespath::compile(&rewritten).map_err(|err| SelectorError::Syntax {
+    jmespath::compile(&rewritten).map_err(|err| SelectorError::Syntax {
         offset: original_offset(err.offset, &shifts),
         reason: err.reason.to_string(),
-    })?;
+    })
+}
+
+/// Evaluates a compiled selector as [`select`] does.
+///
+/// # Errors
+/// [`SelectorError::Runtime`] or [`SelectorError::NotMembers`].
+pub fn evaluate(
+    compiled: &jmespath::Expression<'static>,
+    members: &Json,
+) -> Result<Vec<String>, SelectorError> {
     let result = compiled
         .search(members)
         .map_err(|err| SelectorError::Runtime {
@@ -47,6 +137,7 @@ pub fn select(expression: &str, members: &Json) -> Result<Vec<String>, SelectorE
         }
     };
     let mut names = Vec::with_capacity(items.len());
+    let mut seen = HashSet::with_capacity(items.len());
     for item in items {
         let name = match &**item {
             jmespath::Variable::Object(fields) => {
@@ -65,7 +156,7 @@ pub fn select(expression: &str, members: &Json) -> Result<Vec<String>, SelectorE
                 });
             }
         };
-        if !names.contains(&name) {
+        if seen.insert(name.clone()) {
             names.push(name);
         }
     }
