@@ -34,7 +34,7 @@ type Agent = Reconciler<XdpDatapath, HealthMonitor>;
 /// Invalid inventory, unknown interface, BPF or XDP refused — each with its reason, before or
 /// instead of touching traffic.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    let (plan, warnings) = plan::load_plan(&opts.config, opts.cluster.as_deref())
+    let (plan, warnings) = plan::load_plan_isolated(&opts.config, opts.cluster.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the inventory is not valid; nothing was changed")?;
     for w in &warnings {
@@ -164,7 +164,8 @@ async fn main_loop(
     // Re-balance shortly after start, when most first results are in.
     let mut settle = tokio::time::interval(Duration::from_millis(100));
     let mut ticks: u32 = 0;
-    let reread = || plan::load_plan(&opts.config, opts.cluster.as_deref());
+    // On a worker with its own big stack, panics caught: a hostile inventory cannot take the agent down.
+    let reread = || plan::load_plan_isolated(&opts.config, opts.cluster.as_deref());
     loop {
         tokio::select! {
             Some(ev) = events.recv() => agent.on_health_event(&ev, Instant::now()),
