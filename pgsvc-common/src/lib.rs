@@ -7,7 +7,7 @@
 //!
 //! Byte order: addresses and ports are stored in **network byte order** exactly as they appear in the
 //! packet (the datapath never swaps), everything else in host order.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 use core::mem::size_of;
 
@@ -110,6 +110,30 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<ServiceKey>() == 8);
+
+impl ServiceKey {
+    /// The key of a service listening on `addr:port` (both network order).
+    #[inline(always)]
+    pub const fn exact(addr: u32, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+
+    /// The key of a service listening on every address (`ip: "*"`) at `port` (network order).
+    #[inline(always)]
+    pub const fn wildcard(port: u16) -> Self {
+        Self::exact(0, port)
+    }
+
+    #[inline(always)]
+    pub const fn is_wildcard(&self) -> bool {
+        self.addr == 0
+    }
+}
 
 pub const IPPROTO_TCP: u8 = 6;
 
@@ -242,6 +266,19 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 12);
 
+impl FlowKey {
+    /// The flow of a client → service packet (fields as read from the packet, network order).
+    #[inline(always)]
+    pub const fn of_packet(saddr: u32, daddr: u32, sport: u16, dport: u16) -> Self {
+        Self {
+            client_addr: saddr,
+            vip: daddr,
+            client_port: sport,
+            vport: dport,
+        }
+    }
+}
+
 /// `FLOWS` value: the forward half of a translated connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -279,6 +316,30 @@ pub struct NatKey {
 }
 const _: () = assert!(size_of::<NatKey>() == 12);
 
+impl NatKey {
+    /// The reverse entry a backend → SNAT address packet looks up (network order, as read).
+    #[inline(always)]
+    pub const fn of_packet(saddr: u32, daddr: u32, sport: u16, dport: u16) -> Self {
+        Self {
+            backend_addr: saddr,
+            snat_addr: daddr,
+            backend_port: sport,
+            snat_port: dport,
+        }
+    }
+
+    /// The reverse entry of a forward flow translated from `snat_addr`.
+    #[inline(always)]
+    pub const fn of_flow(flow: &Flow, snat_addr: u32) -> Self {
+        Self {
+            backend_addr: flow.backend_addr,
+            snat_addr,
+            backend_port: flow.backend_port,
+            snat_port: flow.snat_port,
+        }
+    }
+}
+
 /// `NAT_REV` value: everything the reverse path needs to restore the client's view.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -300,6 +361,24 @@ pub struct NatRev {
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<NatRev>() == 48);
+
+impl NatRev {
+    /// The forward flow this reverse entry belongs to.
+    #[inline(always)]
+    pub const fn flow_key(&self) -> FlowKey {
+        FlowKey::of_packet(self.client_addr, self.vip, self.client_port, self.vport)
+    }
+}
+
+/// Open connections from a pair of counters: `opened` (incremented by the datapath on a new flow,
+/// decremented when a flow closes) minus `released` (flows the agent removed while they still
+/// counted). Wrapping subtraction, so that neither side's overflow can trap or flip the sign of the
+/// result; a negative difference (a transient race between the two writers) reads as 0.
+#[inline(always)]
+pub const fn open_conns(opened: i64, released: i64) -> u64 {
+    let n = opened.wrapping_sub(released);
+    if n < 0 { 0 } else { n as u64 }
+}
 
 pub const TCP_F_SYN: u8 = 1 << 0;
 pub const TCP_F_ACK: u8 = 1 << 1;
@@ -386,10 +465,25 @@ pub enum Reason {
     DropIpOptions = 18,
     /// `bpf_redirect` or `bpf_xdp_adjust_tail` failed: dropped.
     DropXmit = 19,
+    /// An incoming RST that would otherwise be answered with a RST (no flow, or its flow is being
+    /// reset): dropped, never answered.
+    DropRstUnanswered = 20,
+}
+
+/// What the XDP program does with a packet, by [`Reason::action`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `XDP_PASS`: the frame goes to the kernel exactly as it arrived.
+    Pass,
+    /// `XDP_DROP`.
+    Drop,
+    /// The frame was rewritten and leaves again (`XDP_TX`, or `XDP_REDIRECT` toward another
+    /// interface).
+    Transmit,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassNotIpv4,
         Self::PassNotTcp,
@@ -411,7 +505,47 @@ impl Reason {
         Self::DropFlowInsert,
         Self::DropIpOptions,
         Self::DropXmit,
+        Self::DropRstUnanswered,
     ];
+
+    /// The reason with discriminant `v`.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        if v < Self::COUNT {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// The verdict this reason stands for. The single source of truth for both sides: the XDP
+    /// program derives its action from it, so a new drop reason can never pass by accident. Keep the
+    /// match exhaustive (no `_` arm): a new variant does not compile until it is classified.
+    #[inline(always)]
+    pub const fn action(self) -> Action {
+        match self {
+            Self::PassNotIpv4
+            | Self::PassNotTcp
+            | Self::PassNotService
+            | Self::PassFragment
+            | Self::PassTruncated
+            | Self::PassNoNat
+            | Self::PassNotReady => Action::Pass,
+            Self::DropNoNextHop
+            | Self::DropServiceMaxconn
+            | Self::DropBackendMaxconn
+            | Self::DropNoBackend
+            | Self::DropSnatExhausted
+            | Self::DropFlowInsert
+            | Self::DropIpOptions
+            | Self::DropXmit
+            | Self::DropRstUnanswered => Action::Drop,
+            Self::FwdNew
+            | Self::FwdEstablished
+            | Self::Reverse
+            | Self::RstNoFlow
+            | Self::RstBackendDown => Action::Transmit,
+        }
+    }
 
     /// The metric label.
     pub const fn name(self) -> &'static str {
@@ -436,6 +570,7 @@ impl Reason {
             Self::DropFlowInsert => "drop_flow_insert",
             Self::DropIpOptions => "drop_ip_options",
             Self::DropXmit => "drop_xmit",
+            Self::DropRstUnanswered => "drop_rst_unanswered",
         }
     }
 }
@@ -456,4 +591,103 @@ mod pod {
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for TrafficStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_once_in_discriminant_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{r:?} out of place in Reason::ALL");
+            assert_eq!(Reason::from_u32(i as u32), Some(*r));
+        }
+        assert_eq!(Reason::from_u32(Reason::COUNT), None);
+    }
+
+    /// Every variant's verdict agrees with its label (`pass_*` passes, `drop_*` drops, everything
+    /// else transmits), and the label set is exactly the variant set: a drop reason classified as
+    /// a pass, or a pass reason that drops, fails here.
+    #[test]
+    fn every_reason_has_the_action_its_name_says() {
+        let mut names = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            let name = r.name();
+            assert!(names.insert(name), "label {name} used twice");
+            let want = if name.starts_with("pass_") {
+                Action::Pass
+            } else if name.starts_with("drop_") {
+                Action::Drop
+            } else {
+                assert!(
+                    ["fwd_", "reverse", "rst_"]
+                        .iter()
+                        .any(|p| name.starts_with(p)),
+                    "{name}: a label must say what happens (pass_, drop_, fwd_, reverse, rst_)"
+                );
+                Action::Transmit
+            };
+            assert_eq!(r.action(), want, "{r:?} ({name})");
+        }
+        assert_eq!(names.len(), Reason::COUNT as usize);
+    }
+
+    #[test]
+    fn keys_round_trip_between_a_flow_and_its_reverse_entry() {
+        let (client, vip, backend, snat) = (0x0a00_0001, 0x0a00_0064, 0x0a00_000b, 0x0a00_0002);
+        let (cport, vport, bport, sport) = (
+            40000u16.to_be(),
+            5433u16.to_be(),
+            6432u16.to_be(),
+            41000u16.to_be(),
+        );
+        let fk = FlowKey::of_packet(client, vip, cport, vport);
+        assert_eq!(
+            (fk.client_addr, fk.vip, fk.client_port, fk.vport),
+            (client, vip, cport, vport)
+        );
+        let flow = Flow {
+            backend_addr: backend,
+            backend_port: bport,
+            snat_port: sport,
+            ..Flow::default()
+        };
+        let nk = NatKey::of_flow(&flow, snat);
+        // The backend's answer (backend → SNAT address) finds the same entry.
+        assert_eq!(nk, NatKey::of_packet(backend, snat, bport, sport));
+        let rev = NatRev {
+            client_addr: client,
+            vip,
+            client_port: cport,
+            vport,
+            ..NatRev::default()
+        };
+        assert_eq!(rev.flow_key(), fk);
+        // Swapped ports or addresses are different flows.
+        assert_ne!(FlowKey::of_packet(client, vip, vport, cport), fk);
+        assert_ne!(NatKey::of_packet(snat, backend, sport, bport), nk);
+    }
+
+    #[test]
+    fn service_keys_exact_and_wildcard() {
+        let k = ServiceKey::exact(0x0a00_0064, 5433u16.to_be());
+        assert_eq!((k.proto, k._pad, k.is_wildcard()), (IPPROTO_TCP, 0, false));
+        let w = ServiceKey::wildcard(5433u16.to_be());
+        assert_eq!(
+            (w.addr, w.port, w.proto, w.is_wildcard()),
+            (0, k.port, IPPROTO_TCP, true)
+        );
+    }
+
+    #[test]
+    fn open_conns_is_opened_minus_released_and_never_traps() {
+        assert_eq!(open_conns(5, 2), 3);
+        assert_eq!(open_conns(2, 2), 0);
+        // A release seen before the datapath's decrement: 0, not a huge number.
+        assert_eq!(open_conns(1, 2), 0);
+        // Both counters wrapped past i64::MAX: the difference is still right.
+        assert_eq!(open_conns(i64::MIN.wrapping_add(2), i64::MAX), 3);
+        assert_eq!(open_conns(i64::MIN, i64::MIN), 0);
+    }
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use pgsvc_common::{
-    Backend, BackendSet, Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, IPPROTO_TCP,
-    MAX_BACKENDS, MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD, Reason, ServiceKey,
+    Backend, BackendSet, Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, MAX_BACKENDS,
+    MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD, Reason, ServiceKey,
     ServiceRuntime, ServiceState, TrafficStats,
 };
 
@@ -85,21 +85,15 @@ pub fn port_flags(dport: u16) -> u8 {
 /// Exact (address, port) first, then the wildcard — each only where `PORTS` says one exists.
 #[inline(always)]
 pub fn lookup_service(daddr: u32, dport: u16, port_flags: u8) -> Option<u32> {
-    let mut key = ServiceKey {
-        addr: daddr,
-        port: dport,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    };
     if port_flags & PORT_F_EXACT != 0 {
         // SAFETY: the value is a plain u32 copied out before the next helper call.
-        if let Some(id) = unsafe { SERVICES.get(key) } {
+        if let Some(id) = unsafe { SERVICES.get(ServiceKey::exact(daddr, dport)) } {
             return Some(*id);
         }
     }
     if port_flags & PORT_F_WILDCARD == 0 {
         return None;
     }
-    key.addr = 0;
-    unsafe { SERVICES.get(key) }.copied()
+    // SAFETY: as above.
+    unsafe { SERVICES.get(ServiceKey::wildcard(dport)) }.copied()
 }
