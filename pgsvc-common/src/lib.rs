@@ -29,6 +29,8 @@ pub const MAX_ACTIVE: usize = 32;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// SNAT port candidates tried before a new flow is dropped as `SnatExhausted`.
 pub const SNAT_TRIES: u32 = 8;
+/// Size of `LOCAL_ADDRS`: local IPv4 addresses of the node that `ip: "*"` services accept.
+pub const MAX_LOCAL_ADDRS: u32 = 256;
 
 /// Map names, as the agent looks them up and pins them.
 pub mod maps {
@@ -47,8 +49,10 @@ pub mod maps {
     pub const SVC_STATS: &str = "SVC_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const REASONS: &str = "REASONS";
+    pub const LOCAL_SCOPE: &str = "LOCAL_SCOPE";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     /// Every map the program declares (all pinned by name).
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         SERVICES,
         SVC_STATE,
@@ -64,6 +68,8 @@ pub mod maps {
         SVC_STATS,
         BACKEND_STATS,
         REASONS,
+        LOCAL_SCOPE,
+        LOCAL_ADDRS,
     ];
 }
 
@@ -136,6 +142,19 @@ impl ServiceKey {
 }
 
 pub const IPPROTO_TCP: u8 = 6;
+
+/// `LOCAL_SCOPE[0]`: the link-layer destinations a service on `ip: "*"` accepts, written by the
+/// agent. Its network-layer counterpart is `LOCAL_ADDRS` (local IPv4 address, network order → 1).
+/// Until the agent wrote a MAC here, `*` services accept nothing (their packets pass).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalScope {
+    /// The attached interface's MAC.
+    pub if_mac: [u8; 6],
+    /// A virtual MAC the VIP is also reachable at (VRRP); all zero = none.
+    pub vip_mac: [u8; 6],
+}
+const _: () = assert!(size_of::<LocalScope>() == 12);
 
 /// `PORTS[port]` bits: a service listens on this port at an exact address / at the wildcard.
 pub const PORT_F_EXACT: u8 = 1 << 0;
@@ -468,6 +487,16 @@ pub enum Reason {
     /// An incoming RST that would otherwise be answered with a RST (no flow, or its flow is being
     /// reset): dropped, never answered.
     DropRstUnanswered = 20,
+    /// On the port of an `ip: "*"` service, but not addressed to this node (a MAC that is not the
+    /// interface's, or a destination that is not a local address): passed untouched.
+    PassNotLocal = 21,
+    /// A packet that would create a flow or be answered with a RST has a bad IPv4 header or TCP
+    /// checksum (or a segment too long to verify, over 1480 bytes): passed untouched for the
+    /// kernel to drop (or answer) as the host would.
+    PassBadChecksum = 22,
+    /// The IPv4 total length claims more bytes than the frame has: passed untouched (the kernel
+    /// drops it).
+    PassBadLength = 23,
 }
 
 /// What the XDP program does with a packet, by [`Reason::action`].
@@ -483,7 +512,7 @@ pub enum Action {
 }
 
 impl Reason {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 24;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassNotIpv4,
         Self::PassNotTcp,
@@ -506,6 +535,9 @@ impl Reason {
         Self::DropIpOptions,
         Self::DropXmit,
         Self::DropRstUnanswered,
+        Self::PassNotLocal,
+        Self::PassBadChecksum,
+        Self::PassBadLength,
     ];
 
     /// The reason with discriminant `v`.
@@ -529,7 +561,10 @@ impl Reason {
             | Self::PassFragment
             | Self::PassTruncated
             | Self::PassNoNat
-            | Self::PassNotReady => Action::Pass,
+            | Self::PassNotReady
+            | Self::PassNotLocal
+            | Self::PassBadChecksum
+            | Self::PassBadLength => Action::Pass,
             Self::DropNoNextHop
             | Self::DropServiceMaxconn
             | Self::DropBackendMaxconn
@@ -571,6 +606,9 @@ impl Reason {
             Self::DropIpOptions => "drop_ip_options",
             Self::DropXmit => "drop_xmit",
             Self::DropRstUnanswered => "drop_rst_unanswered",
+            Self::PassNotLocal => "pass_not_local",
+            Self::PassBadChecksum => "pass_bad_checksum",
+            Self::PassBadLength => "pass_bad_length",
         }
     }
 }
@@ -591,6 +629,7 @@ mod pod {
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for LocalScope {}
 }
 
 #[cfg(test)]

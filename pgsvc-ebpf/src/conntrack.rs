@@ -16,7 +16,7 @@ use crate::{
     maps::{self, BACKENDS, FLOWS, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE, SVC_TABLE},
     nat::{self, Tuple},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
-    rst, select, stats, xmit,
+    rst, scope, select, stats, verify, xmit,
 };
 
 /// `last_seen` is refreshed at most this often (keeps established packets from dirtying the entry).
@@ -81,17 +81,25 @@ pub fn forward(
         // A new connection reusing the 4-tuple of a finished one: forget the old translation.
         remove_flow(&key, flow, cfg);
     }
-    let svc_id =
+    let found =
         maps::lookup_service(pkt.daddr, pkt.dport, port_flags).ok_or(Reason::PassNotService)?;
+    if found.wildcard {
+        scope::require_local(ctx, pkt)?;
+    }
+    let svc_id = found.svc_id;
     let svc = SVC_STATE.get(svc_id).ok_or(Reason::PassNotService)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return Err(Reason::PassNotService);
     }
+    // From here on we create state or answer: only for frames whose checksums hold (see verify.rs
+    // for why established packets are not verified).
+    verify::require_checksums(ctx, pkt)?;
     if !syn {
+        let v = rst::reply(ctx, pkt, Reason::RstNoFlow)?;
         if let Some(s) = stats::service(svc_id) {
             s.rst_sent += 1;
         }
-        return rst::reply(ctx, pkt, Reason::RstNoFlow);
+        return Ok(v);
     }
     new_flow(ctx, pkt, cfg, svc_id, svc, &key)
 }
@@ -113,13 +121,15 @@ fn established(
         close_flow(flow);
         let _ = NAT_REV.remove(nat_key_of(flow));
         let _ = FLOWS.remove(key);
+        // Counted only once the RST is built (an incoming RST is not answered).
+        let v = rst::reply(ctx, pkt, Reason::RstBackendDown)?;
         if let Some(s) = stats::backend(flow.backend_id) {
             s.rst_sent += 1;
         }
         if let Some(s) = stats::service(flow.svc_id) {
             s.rst_sent += 1;
         }
-        return rst::reply(ctx, pkt, Reason::RstBackendDown);
+        return Ok(v);
     }
     touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {

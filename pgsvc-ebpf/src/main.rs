@@ -16,8 +16,10 @@ mod maps;
 mod nat;
 mod parse;
 mod rst;
+mod scope;
 mod select;
 mod stats;
+mod verify;
 mod xmit;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -284,6 +284,7 @@ impl Agent {
         mut events: mpsc::UnboundedReceiver<HealthEvent>,
         mut reloads: mpsc::Receiver<ReloadRequest>,
     ) -> anyhow::Result<()> {
+        self.refresh_local_scope();
         for s in &self.services {
             self.dp
                 .upsert_service(&s.name, &service_spec(s))
@@ -327,6 +328,7 @@ impl Agent {
         if let Err(e) = self.dp.tick() {
             warn!(error = %e, "advancing the datapath clock failed");
         }
+        self.refresh_local_scope();
         let now = Instant::now();
         let due: Vec<String> = self
             .next_steps
@@ -364,6 +366,21 @@ impl Agent {
             }
         }
         self.publish();
+    }
+
+    /// What `ip: "*"` services accept: frames to the interface's MAC whose destination is one of the
+    /// node's IPv4 addresses (on any interface, as the kernel accepts them). Addresses come and go at
+    /// runtime (a VIP moved by vip-manager), hence on every tick.
+    fn refresh_local_scope(&mut self) {
+        let Some((_, mac)) = neigh::interface(&self.opts.iface) else {
+            return;
+        };
+        let addrs = ipv4_addrs(None);
+        match self.dp.set_local_scope(mac, None, &addrs) {
+            Ok(true) => info!(addrs = ?addrs, "local addresses for ip \"*\" services updated"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "writing the local addresses failed"),
+        }
     }
 
     fn health_of(&self, svc: &ServicePlan, server: &plan::ServerPlan) -> ServerHealth {
@@ -713,15 +730,17 @@ impl Agent {
 
 /// The first IPv4 address of `iface` other than `except` (the VIP).
 fn first_ipv4(iface: &str, except: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-    ipv4_addrs(iface).into_iter().find(|a| Some(*a) != except)
+    ipv4_addrs(Some(iface))
+        .into_iter()
+        .find(|a| Some(*a) != except)
 }
 
 fn interface_has(iface: &str, addr: Ipv4Addr) -> bool {
-    ipv4_addrs(iface).contains(&addr)
+    ipv4_addrs(Some(iface)).contains(&addr)
 }
 
-/// IPv4 addresses of `iface`, in the kernel's order.
-fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
+/// IPv4 addresses of `iface` (of every interface: `None`), in the kernel's order.
+fn ipv4_addrs(iface: Option<&str>) -> Vec<Ipv4Addr> {
     let mut found = Vec::new();
     // SAFETY: getifaddrs/freeifaddrs pair; every pointer is checked before use.
     unsafe {
@@ -737,7 +756,7 @@ fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
                 continue;
             }
             let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-            if name != iface {
+            if iface.is_some_and(|i| name != i) {
                 continue;
             }
             let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);

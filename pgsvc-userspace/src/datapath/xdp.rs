@@ -23,10 +23,10 @@ use aya::{
 };
 use pgsvc_common::{
     ABI_VERSION, Algorithm, BE_F_ALLOCATED, BE_F_UP, Backend, BackendSet, CFG_F_FIB_FALLBACK,
-    Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, IPPROTO_TCP, MAX_ACTIVE, MAX_BACKENDS,
-    MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD, Reason, SVC_F_ACTIVE,
-    SVC_F_SHUTDOWN_SESSIONS, ServiceKey, ServiceRuntime, ServiceState, TCP_F_ACK, TrafficStats,
-    maps as map_names, programs,
+    Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, IPPROTO_TCP, LocalScope, MAX_ACTIVE,
+    MAX_BACKENDS, MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD, Reason,
+    SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceKey, ServiceRuntime, ServiceState, TCP_F_ACK,
+    TrafficStats, maps as map_names, programs,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -476,6 +476,58 @@ impl XdpDatapath {
     /// When the config map cannot be written.
     pub fn tick(&mut self) -> Result<(), DatapathError> {
         self.write_config()
+    }
+
+    /// Writes what services on `ip: "*"` accept: frames sent to `if_mac` (or `vip_mac`) whose
+    /// destination is one of `addrs`, the node's local addresses (HAProxy's `bind *`). Addresses no
+    /// longer listed are removed. Returns whether anything changed. The agent calls this at start and
+    /// on every tick, as addresses come and go at runtime.
+    ///
+    /// # Errors
+    /// When a map cannot be opened, read or written (`addrs` longer than `MAX_LOCAL_ADDRS`).
+    pub fn set_local_scope(
+        &mut self,
+        if_mac: [u8; 6],
+        vip_mac: Option<[u8; 6]>,
+        addrs: &[Ipv4Addr],
+    ) -> Result<bool, DatapathError> {
+        let mut changed = false;
+        let want = LocalScope {
+            if_mac,
+            vip_mac: vip_mac.unwrap_or_default(),
+        };
+        let name = map_names::LOCAL_SCOPE;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { map: name })?;
+        let mut scope: Array<&mut MapData, LocalScope> =
+            Array::try_from(map).map_err(map_err(name, "open"))?;
+        if scope.get(&0, 0).map_err(map_err(name, "read"))? != want {
+            scope.set(0, want, 0).map_err(map_err(name, "write"))?;
+            changed = true;
+        }
+        let name = map_names::LOCAL_ADDRS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { map: name })?;
+        let mut set: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(map).map_err(map_err(name, "open"))?;
+        let want: std::collections::HashSet<u32> = addrs
+            .iter()
+            .map(|a| u32::from_ne_bytes(a.octets()))
+            .collect();
+        let have: Vec<u32> = set.keys().filter_map(Result::ok).collect();
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            set.remove(k).map_err(map_err(name, "delete"))?;
+            changed = true;
+        }
+        for k in want.iter().filter(|k| !have.contains(k)) {
+            set.insert(k, 1, 0).map_err(map_err(name, "write"))?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     fn lb_program(&mut self) -> Result<&mut Xdp, DatapathError> {
