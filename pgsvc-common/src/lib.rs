@@ -7,7 +7,7 @@
 //!
 //! Byte order: addresses and ports are stored in **network byte order** exactly as they appear in the
 //! packet (the datapath never swaps), everything else in host order.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 use core::mem::size_of;
 
@@ -29,6 +29,8 @@ pub const MAX_ACTIVE: usize = 32;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// SNAT port candidates tried before a new flow is dropped as `SnatExhausted`.
 pub const SNAT_TRIES: u32 = 8;
+/// Size of `LOCAL_ADDRS`: local IPv4 addresses of the node that `ip: "*"` services accept.
+pub const MAX_LOCAL_ADDRS: u32 = 256;
 
 /// Map names, as the agent looks them up and pins them.
 pub mod maps {
@@ -47,8 +49,10 @@ pub mod maps {
     pub const SVC_STATS: &str = "SVC_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const REASONS: &str = "REASONS";
+    pub const LOCAL_SCOPE: &str = "LOCAL_SCOPE";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     /// Every map the program declares (all pinned by name).
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         SERVICES,
         SVC_STATE,
@@ -64,6 +68,8 @@ pub mod maps {
         SVC_STATS,
         BACKEND_STATS,
         REASONS,
+        LOCAL_SCOPE,
+        LOCAL_ADDRS,
     ];
 }
 
@@ -111,7 +117,44 @@ pub struct ServiceKey {
 }
 const _: () = assert!(size_of::<ServiceKey>() == 8);
 
+impl ServiceKey {
+    /// The key of a service listening on `addr:port` (both network order).
+    #[inline(always)]
+    pub const fn exact(addr: u32, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+
+    /// The key of a service listening on every address (`ip: "*"`) at `port` (network order).
+    #[inline(always)]
+    pub const fn wildcard(port: u16) -> Self {
+        Self::exact(0, port)
+    }
+
+    #[inline(always)]
+    pub const fn is_wildcard(&self) -> bool {
+        self.addr == 0
+    }
+}
+
 pub const IPPROTO_TCP: u8 = 6;
+
+/// `LOCAL_SCOPE[0]`: the link-layer destinations a service on `ip: "*"` accepts, written by the
+/// agent. Its network-layer counterpart is `LOCAL_ADDRS` (local IPv4 address, network order → 1).
+/// Until the agent wrote a MAC here, `*` services accept nothing (their packets pass).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalScope {
+    /// The attached interface's MAC.
+    pub if_mac: [u8; 6],
+    /// A virtual MAC the VIP is also reachable at (VRRP); all zero = none.
+    pub vip_mac: [u8; 6],
+}
+const _: () = assert!(size_of::<LocalScope>() == 12);
 
 /// `PORTS[port]` bits: a service listens on this port at an exact address / at the wildcard.
 pub const PORT_F_EXACT: u8 = 1 << 0;
@@ -242,6 +285,19 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 12);
 
+impl FlowKey {
+    /// The flow of a client → service packet (fields as read from the packet, network order).
+    #[inline(always)]
+    pub const fn of_packet(saddr: u32, daddr: u32, sport: u16, dport: u16) -> Self {
+        Self {
+            client_addr: saddr,
+            vip: daddr,
+            client_port: sport,
+            vport: dport,
+        }
+    }
+}
+
 /// `FLOWS` value: the forward half of a translated connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -279,6 +335,30 @@ pub struct NatKey {
 }
 const _: () = assert!(size_of::<NatKey>() == 12);
 
+impl NatKey {
+    /// The reverse entry a backend → SNAT address packet looks up (network order, as read).
+    #[inline(always)]
+    pub const fn of_packet(saddr: u32, daddr: u32, sport: u16, dport: u16) -> Self {
+        Self {
+            backend_addr: saddr,
+            snat_addr: daddr,
+            backend_port: sport,
+            snat_port: dport,
+        }
+    }
+
+    /// The reverse entry of a forward flow translated from `snat_addr`.
+    #[inline(always)]
+    pub const fn of_flow(flow: &Flow, snat_addr: u32) -> Self {
+        Self {
+            backend_addr: flow.backend_addr,
+            snat_addr,
+            backend_port: flow.backend_port,
+            snat_port: flow.snat_port,
+        }
+    }
+}
+
 /// `NAT_REV` value: everything the reverse path needs to restore the client's view.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -300,6 +380,24 @@ pub struct NatRev {
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<NatRev>() == 48);
+
+impl NatRev {
+    /// The forward flow this reverse entry belongs to.
+    #[inline(always)]
+    pub const fn flow_key(&self) -> FlowKey {
+        FlowKey::of_packet(self.client_addr, self.vip, self.client_port, self.vport)
+    }
+}
+
+/// Open connections from a pair of counters: `opened` (incremented by the datapath on a new flow,
+/// decremented when a flow closes) minus `released` (flows the agent removed while they still
+/// counted). Wrapping subtraction, so that neither side's overflow can trap or flip the sign of the
+/// result; a negative difference (a transient race between the two writers) reads as 0.
+#[inline(always)]
+pub const fn open_conns(opened: i64, released: i64) -> u64 {
+    let n = opened.wrapping_sub(released);
+    if n < 0 { 0 } else { n as u64 }
+}
 
 pub const TCP_F_SYN: u8 = 1 << 0;
 pub const TCP_F_ACK: u8 = 1 << 1;
@@ -386,10 +484,38 @@ pub enum Reason {
     DropIpOptions = 18,
     /// `bpf_redirect` or `bpf_xdp_adjust_tail` failed: dropped.
     DropXmit = 19,
+    /// An incoming RST that would otherwise be answered with a RST (no flow, or its flow is being
+    /// reset): dropped, never answered.
+    DropRstUnanswered = 20,
+    /// On the port of an `ip: "*"` service, but not addressed to this node (a MAC that is not the
+    /// interface's, or a destination that is not a local address): passed untouched.
+    PassNotLocal = 21,
+    /// A packet that would create a flow or be answered with a RST has a bad IPv4 header or TCP
+    /// checksum (or a segment too long to verify, over 1480 bytes): passed untouched for the
+    /// kernel to drop (or answer) as the host would.
+    PassBadChecksum = 22,
+    /// The IPv4 total length claims more bytes than the frame has: passed untouched (the kernel
+    /// drops it).
+    PassBadLength = 23,
 }
 
+/// What the XDP program does with a packet, by [`Reason::action`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `XDP_PASS`: the frame goes to the kernel exactly as it arrived.
+    Pass,
+    /// `XDP_DROP`.
+    Drop,
+    /// The frame was rewritten and leaves again (`XDP_TX`, or `XDP_REDIRECT` toward another
+    /// interface).
+    Transmit,
+}
+
+// `Reason::mask` is a u32 bit set.
+const _: () = assert!(Reason::COUNT <= 32);
+
 impl Reason {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 24;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassNotIpv4,
         Self::PassNotTcp,
@@ -411,7 +537,74 @@ impl Reason {
         Self::DropFlowInsert,
         Self::DropIpOptions,
         Self::DropXmit,
+        Self::DropRstUnanswered,
+        Self::PassNotLocal,
+        Self::PassBadChecksum,
+        Self::PassBadLength,
     ];
+
+    /// The reason with discriminant `v`.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        if v < Self::COUNT {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// The verdict this reason stands for. The single source of truth for both sides: the XDP
+    /// program derives its action from it, so a new drop reason can never pass by accident. Keep the
+    /// match exhaustive (no `_` arm): a new variant does not compile until it is classified.
+    #[inline(always)]
+    pub const fn action(self) -> Action {
+        match self {
+            Self::PassNotIpv4
+            | Self::PassNotTcp
+            | Self::PassNotService
+            | Self::PassFragment
+            | Self::PassTruncated
+            | Self::PassNoNat
+            | Self::PassNotReady
+            | Self::PassNotLocal
+            | Self::PassBadChecksum
+            | Self::PassBadLength => Action::Pass,
+            Self::DropNoNextHop
+            | Self::DropServiceMaxconn
+            | Self::DropBackendMaxconn
+            | Self::DropNoBackend
+            | Self::DropSnatExhausted
+            | Self::DropFlowInsert
+            | Self::DropIpOptions
+            | Self::DropXmit
+            | Self::DropRstUnanswered => Action::Drop,
+            Self::FwdNew
+            | Self::FwdEstablished
+            | Self::Reverse
+            | Self::RstNoFlow
+            | Self::RstBackendDown => Action::Transmit,
+        }
+    }
+
+    /// The reasons whose [`action`](Self::action) is `a`, as a bit set (bit `reason as u32`).
+    /// Computed at compile time, it gives the XDP program the same verdicts as `action()` with one
+    /// test of a constant instead of a branch over every variant.
+    pub const fn mask(a: Action) -> u32 {
+        let mut m = 0;
+        let mut i = 0;
+        while i < Self::COUNT as usize {
+            let same = matches!(
+                (Self::ALL[i].action(), a),
+                (Action::Pass, Action::Pass)
+                    | (Action::Drop, Action::Drop)
+                    | (Action::Transmit, Action::Transmit)
+            );
+            if same {
+                m |= 1 << i;
+            }
+            i += 1;
+        }
+        m
+    }
 
     /// The metric label.
     pub const fn name(self) -> &'static str {
@@ -436,6 +629,10 @@ impl Reason {
             Self::DropFlowInsert => "drop_flow_insert",
             Self::DropIpOptions => "drop_ip_options",
             Self::DropXmit => "drop_xmit",
+            Self::DropRstUnanswered => "drop_rst_unanswered",
+            Self::PassNotLocal => "pass_not_local",
+            Self::PassBadChecksum => "pass_bad_checksum",
+            Self::PassBadLength => "pass_bad_length",
         }
     }
 }
@@ -456,4 +653,117 @@ mod pod {
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for LocalScope {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_once_in_discriminant_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{r:?} out of place in Reason::ALL");
+            assert_eq!(Reason::from_u32(i as u32), Some(*r));
+        }
+        assert_eq!(Reason::from_u32(Reason::COUNT), None);
+    }
+
+    /// Every variant's verdict agrees with its label (`pass_*` passes, `drop_*` drops, everything
+    /// else transmits), and the label set is exactly the variant set: a drop reason classified as
+    /// a pass, or a pass reason that drops, fails here.
+    #[test]
+    fn every_reason_has_the_action_its_name_says() {
+        let mut names = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            let name = r.name();
+            assert!(names.insert(name), "label {name} used twice");
+            let want = if name.starts_with("pass_") {
+                Action::Pass
+            } else if name.starts_with("drop_") {
+                Action::Drop
+            } else {
+                assert!(
+                    ["fwd_", "reverse", "rst_"]
+                        .iter()
+                        .any(|p| name.starts_with(p)),
+                    "{name}: a label must say what happens (pass_, drop_, fwd_, reverse, rst_)"
+                );
+                Action::Transmit
+            };
+            assert_eq!(r.action(), want, "{r:?} ({name})");
+        }
+        assert_eq!(names.len(), Reason::COUNT as usize);
+    }
+
+    #[test]
+    fn masks_agree_with_action_and_partition_the_reasons() {
+        let all = [Action::Pass, Action::Drop, Action::Transmit];
+        for r in Reason::ALL {
+            for a in all {
+                let bit = Reason::mask(a) & (1 << r as u32) != 0;
+                assert_eq!(bit, r.action() == a, "{r:?} in the {a:?} mask");
+            }
+        }
+        let union = all.iter().fold(0, |m, &a| m | Reason::mask(a));
+        assert_eq!(union, (1u32 << Reason::COUNT) - 1);
+    }
+
+    #[test]
+    fn keys_round_trip_between_a_flow_and_its_reverse_entry() {
+        let (client, vip, backend, snat) = (0x0a00_0001, 0x0a00_0064, 0x0a00_000b, 0x0a00_0002);
+        let (cport, vport, bport, sport) = (
+            40000u16.to_be(),
+            5433u16.to_be(),
+            6432u16.to_be(),
+            41000u16.to_be(),
+        );
+        let fk = FlowKey::of_packet(client, vip, cport, vport);
+        assert_eq!(
+            (fk.client_addr, fk.vip, fk.client_port, fk.vport),
+            (client, vip, cport, vport)
+        );
+        let flow = Flow {
+            backend_addr: backend,
+            backend_port: bport,
+            snat_port: sport,
+            ..Flow::default()
+        };
+        let nk = NatKey::of_flow(&flow, snat);
+        // The backend's answer (backend → SNAT address) finds the same entry.
+        assert_eq!(nk, NatKey::of_packet(backend, snat, bport, sport));
+        let rev = NatRev {
+            client_addr: client,
+            vip,
+            client_port: cport,
+            vport,
+            ..NatRev::default()
+        };
+        assert_eq!(rev.flow_key(), fk);
+        // Swapped ports or addresses are different flows.
+        assert_ne!(FlowKey::of_packet(client, vip, vport, cport), fk);
+        assert_ne!(NatKey::of_packet(snat, backend, sport, bport), nk);
+    }
+
+    #[test]
+    fn service_keys_exact_and_wildcard() {
+        let k = ServiceKey::exact(0x0a00_0064, 5433u16.to_be());
+        assert_eq!((k.proto, k._pad, k.is_wildcard()), (IPPROTO_TCP, 0, false));
+        let w = ServiceKey::wildcard(5433u16.to_be());
+        assert_eq!(
+            (w.addr, w.port, w.proto, w.is_wildcard()),
+            (0, k.port, IPPROTO_TCP, true)
+        );
+    }
+
+    #[test]
+    fn open_conns_is_opened_minus_released_and_never_traps() {
+        assert_eq!(open_conns(5, 2), 3);
+        assert_eq!(open_conns(2, 2), 0);
+        // A release seen before the datapath's decrement: 0, not a huge number.
+        assert_eq!(open_conns(1, 2), 0);
+        // Both counters wrapped past i64::MAX: the difference is still right.
+        assert_eq!(open_conns(i64::MIN.wrapping_add(2), i64::MAX), 3);
+        assert_eq!(open_conns(i64::MIN, i64::MIN), 0);
+    }
 }

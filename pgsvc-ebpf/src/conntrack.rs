@@ -5,9 +5,9 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use pgsvc_common::{
-    BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason, SNAT_TRIES,
-    SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_ACK, TCP_F_FIN, TCP_F_RST,
-    TCP_F_SYN,
+    Action, BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason,
+    SNAT_TRIES, SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_ACK, TCP_F_FIN,
+    TCP_F_RST, TCP_F_SYN, open_conns,
 };
 use pgsvc_ebpf::hash;
 
@@ -16,7 +16,7 @@ use crate::{
     maps::{self, BACKENDS, FLOWS, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE, SVC_TABLE},
     nat::{self, Tuple},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
-    rst, select, stats, xmit,
+    rst, scope, select, stats, verify, xmit,
 };
 
 /// `last_seen` is refreshed at most this often (keeps established packets from dirtying the entry).
@@ -69,12 +69,7 @@ pub fn forward(
     cfg: &Config,
     port_flags: u8,
 ) -> Result<Verdict, Reason> {
-    let key = FlowKey {
-        client_addr: pkt.saddr,
-        vip: pkt.daddr,
-        client_port: pkt.sport,
-        vport: pkt.dport,
-    };
+    let key = FlowKey::of_packet(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport);
     let syn = pkt.flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: hash map value; fields other than `closing` are written by this flow's packets only.
@@ -86,17 +81,25 @@ pub fn forward(
         // A new connection reusing the 4-tuple of a finished one: forget the old translation.
         remove_flow(&key, flow, cfg);
     }
-    let svc_id =
+    let found =
         maps::lookup_service(pkt.daddr, pkt.dport, port_flags).ok_or(Reason::PassNotService)?;
+    if found.wildcard {
+        scope::require_local(ctx, pkt)?;
+    }
+    let svc_id = found.svc_id;
     let svc = SVC_STATE.get(svc_id).ok_or(Reason::PassNotService)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return Err(Reason::PassNotService);
     }
+    // From here on we create state or answer: only for frames whose checksums hold (see verify.rs
+    // for why established packets are not verified).
+    verify::require_checksums(ctx, pkt)?;
     if !syn {
+        let v = rst::reply(ctx, pkt, Reason::RstNoFlow)?;
         if let Some(s) = stats::service(svc_id) {
             s.rst_sent += 1;
         }
-        return rst::reply(ctx, pkt, Reason::RstNoFlow);
+        return Ok(v);
     }
     new_flow(ctx, pkt, cfg, svc_id, svc, &key)
 }
@@ -118,13 +121,15 @@ fn established(
         close_flow(flow);
         let _ = NAT_REV.remove(nat_key_of(flow));
         let _ = FLOWS.remove(key);
+        // Counted only once the RST is built (an incoming RST is not answered).
+        let v = rst::reply(ctx, pkt, Reason::RstBackendDown)?;
         if let Some(s) = stats::backend(flow.backend_id) {
             s.rst_sent += 1;
         }
         if let Some(s) = stats::service(flow.svc_id) {
             s.rst_sent += 1;
         }
-        return rst::reply(ctx, pkt, Reason::RstBackendDown);
+        return Ok(v);
     }
     touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {
@@ -133,7 +138,7 @@ fn established(
     let cfg = crate::config()?;
     let hop = match xmit::hop_to_backend(ctx, cfg, be, pkt) {
         Ok(hop) => hop,
-        Err(reason) => return Ok(Verdict::drop(reason)),
+        Err(reason) => return Ok(Verdict::of(reason)),
     };
     let to = Tuple {
         saddr: cfg.snat_addr,
@@ -154,24 +159,16 @@ fn new_flow(
     svc: &ServiceState,
     key: &FlowKey,
 ) -> Result<Verdict, Reason> {
-    match admit(ctx, pkt, cfg, svc_id, svc, key) {
-        Ok(v) => Ok(v),
-        Err(
-            reason @ (Reason::DropServiceMaxconn
-            | Reason::DropBackendMaxconn
-            | Reason::DropNoBackend
-            | Reason::DropSnatExhausted
-            | Reason::DropNoNextHop
-            | Reason::DropFlowInsert),
-        ) => {
-            // The client retransmits its SYN: the drop acts as HAProxy's queue.
-            if let Some(s) = stats::service(svc_id) {
-                s.syn_dropped += 1;
-            }
-            Ok(Verdict::drop(reason))
+    let result = admit(ctx, pkt, cfg, svc_id, svc, key);
+    if let Err(reason) = result
+        && matches!(reason.action(), Action::Drop)
+    {
+        // The client retransmits its SYN: the drop acts as HAProxy's queue.
+        if let Some(s) = stats::service(svc_id) {
+            s.syn_dropped += 1;
         }
-        Err(other) => Err(other),
     }
+    result
 }
 
 #[inline(always)]
@@ -188,8 +185,8 @@ fn admit(
         .ok_or(Reason::DropNoBackend)?;
     // SAFETY: array map value; `conns` is only modified atomically.
     let opened = unsafe { atomic::load_i64(&raw const (*rt).conns) };
-    let open = opened - SVC_RELEASED.get(svc_id).copied().unwrap_or(0);
-    if svc.maxconn != 0 && open >= i64::from(svc.maxconn) {
+    let open = open_conns(opened, SVC_RELEASED.get(svc_id).copied().unwrap_or(0));
+    if svc.maxconn != 0 && open >= u64::from(svc.maxconn) {
         return Err(Reason::DropServiceMaxconn);
     }
     let set_idx = svc_id * GENERATIONS + (svc.generation & 1);
@@ -269,12 +266,7 @@ fn alloc_snat_port(cfg: &Config, be: &Backend, rev: &NatRev, h: u32) -> Result<u
     let mut i = 0;
     while i < SNAT_TRIES {
         let port = (min + (h.wrapping_add(i.wrapping_mul(0x9e37_79b1)) % range)) as u16;
-        let key = NatKey {
-            backend_addr: be.addr,
-            snat_addr: cfg.snat_addr,
-            backend_port: be.port,
-            snat_port: port.to_be(),
-        };
+        let key = NatKey::of_packet(be.addr, cfg.snat_addr, be.port, port.to_be());
         if NAT_REV.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
             return Ok(port.to_be());
         }
@@ -286,12 +278,7 @@ fn alloc_snat_port(cfg: &Config, be: &Backend, rev: &NatRev, h: u32) -> Result<u
 #[inline(always)]
 fn nat_key_of(flow: &Flow) -> NatKey {
     let snat_addr = crate::maps::CONFIG.get(0).map(|c| c.snat_addr).unwrap_or(0);
-    NatKey {
-        backend_addr: flow.backend_addr,
-        snat_addr,
-        backend_port: flow.backend_port,
-        snat_port: flow.snat_port,
-    }
+    NatKey::of_flow(flow, snat_addr)
 }
 
 /// Marks a flow closing; the first caller drops the service's and the backend's counters.
@@ -328,27 +315,16 @@ fn remove_flow(key: &FlowKey, flow: &mut Flow, _cfg: &Config) {
 /// Backend → SNAT address packet.
 #[inline(always)]
 pub fn reverse(ctx: &XdpContext, pkt: &Pkt) -> Result<Verdict, Reason> {
-    let key = NatKey {
-        backend_addr: pkt.saddr,
-        snat_addr: pkt.daddr,
-        backend_port: pkt.sport,
-        snat_port: pkt.dport,
-    };
+    let key = NatKey::of_packet(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport);
     let rev = NAT_REV.get_ptr_mut(key).ok_or(Reason::PassNoNat)?;
     // SAFETY: hash map value, written by this flow's reverse packets only.
     let rev = unsafe { &mut *rev };
     touch(&mut rev.last_seen_ns, &mut rev.backend_flags, pkt.flags);
-    if pkt.flags & (TH_FIN | TH_RST) != 0 {
-        let fkey = FlowKey {
-            client_addr: rev.client_addr,
-            vip: rev.vip,
-            client_port: rev.client_port,
-            vport: rev.vport,
-        };
-        if let Some(flow) = FLOWS.get_ptr_mut(fkey) {
-            // SAFETY: as in `forward`.
-            close_flow(unsafe { &mut *flow });
-        }
+    if pkt.flags & (TH_FIN | TH_RST) != 0
+        && let Some(flow) = FLOWS.get_ptr_mut(rev.flow_key())
+    {
+        // SAFETY: as in `forward`.
+        close_flow(unsafe { &mut *flow });
     }
     let to = Tuple {
         saddr: rev.vip,

@@ -2,7 +2,8 @@
 //!
 //! The entry reads as a list of steps — parse → lookup service → conntrack → select backend → NAT →
 //! transmit — each a short `#[inline(always)]` function returning `Result<_, Reason>`. The `#[xdp]`
-//! function only turns the outcome into an action and counts its [`Reason`].
+//! function only counts the outcome's [`Reason`] and returns its action; a packet that is not
+//! transmitted gets the action its reason stands for ([`Reason::action`], shared with the agent).
 #![no_std]
 #![no_main]
 // Atomic read-modify-write on map values (see atomic.rs).
@@ -15,12 +16,14 @@ mod maps;
 mod nat;
 mod parse;
 mod rst;
+mod scope;
 mod select;
 mod stats;
+mod verify;
 mod xmit;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use pgsvc_common::{ABI_VERSION, Config, Reason};
+use pgsvc_common::{ABI_VERSION, Action, Config, Reason};
 
 use crate::parse::Pkt;
 
@@ -31,19 +34,24 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// A packet left as it is: passed or dropped, as its reason says.
     #[inline(always)]
-    pub const fn pass(reason: Reason) -> Self {
-        Self {
-            action: xdp_action::XDP_PASS,
-            reason,
-        }
-    }
-    #[inline(always)]
-    pub const fn drop(reason: Reason) -> Self {
-        Self {
-            action: xdp_action::XDP_DROP,
-            reason,
-        }
+    pub const fn of(reason: Reason) -> Self {
+        // `Reason::action` folded into two constant bit sets (a match over every variant costs a
+        // chain of branches on the pass path).
+        const PASS: u32 = Reason::mask(Action::Pass);
+        const DROP: u32 = Reason::mask(Action::Drop);
+        let bit = 1u32 << (reason as u32 & 31);
+        let action = if PASS & bit != 0 {
+            xdp_action::XDP_PASS
+        } else if DROP & bit != 0 {
+            xdp_action::XDP_DROP
+        } else {
+            // A transmit reason without a rewritten frame is a bug of this program: abort (visible
+            // in the xdp:xdp_exception tracepoint) rather than send a frame nobody built.
+            xdp_action::XDP_ABORTED
+        };
+        Self { action, reason }
     }
 }
 
@@ -51,8 +59,7 @@ impl Verdict {
 pub fn pgsvc_xdp(ctx: XdpContext) -> u32 {
     let verdict = match process(&ctx) {
         Ok(v) => v,
-        // Anything we could not classify goes to the kernel untouched.
-        Err(reason) => Verdict::pass(reason),
+        Err(reason) => Verdict::of(reason),
     };
     stats::count_reason(verdict.reason);
     verdict.action

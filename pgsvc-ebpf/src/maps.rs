@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use pgsvc_common::{
-    Backend, BackendSet, Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, IPPROTO_TCP,
-    MAX_BACKENDS, MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD, Reason, ServiceKey,
-    ServiceRuntime, ServiceState, TrafficStats,
+    Backend, BackendSet, Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, LocalScope,
+    MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD,
+    Reason, ServiceKey, ServiceRuntime, ServiceState, TrafficStats,
 };
 
 /// Global settings (one entry).
@@ -74,6 +74,15 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 #[map]
 pub static PORTS: Array<u8> = Array::pinned(65536, 0);
 
+/// What `ip: "*"` services accept at the link layer (one entry; see [`LocalScope`]).
+#[map]
+pub static LOCAL_SCOPE: Array<LocalScope> = Array::pinned(1, 0);
+
+/// Local IPv4 addresses of the node (network order) → 1: the destinations `ip: "*"` services
+/// accept. Kept current by the agent.
+#[map]
+pub static LOCAL_ADDRS: HashMap<u32, u8> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+
 #[inline(always)]
 pub fn port_flags(dport: u16) -> u8 {
     PORTS
@@ -82,24 +91,32 @@ pub fn port_flags(dport: u16) -> u8 {
         .unwrap_or(0)
 }
 
+/// A service found for a destination.
+pub struct Found {
+    pub svc_id: u32,
+    /// Matched through the wildcard (`ip: "*"`) key.
+    pub wildcard: bool,
+}
+
 /// Exact (address, port) first, then the wildcard — each only where `PORTS` says one exists.
 #[inline(always)]
-pub fn lookup_service(daddr: u32, dport: u16, port_flags: u8) -> Option<u32> {
-    let mut key = ServiceKey {
-        addr: daddr,
-        port: dport,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    };
+pub fn lookup_service(daddr: u32, dport: u16, port_flags: u8) -> Option<Found> {
     if port_flags & PORT_F_EXACT != 0 {
         // SAFETY: the value is a plain u32 copied out before the next helper call.
-        if let Some(id) = unsafe { SERVICES.get(key) } {
-            return Some(*id);
+        if let Some(id) = unsafe { SERVICES.get(ServiceKey::exact(daddr, dport)) } {
+            return Some(Found {
+                svc_id: *id,
+                wildcard: false,
+            });
         }
     }
     if port_flags & PORT_F_WILDCARD == 0 {
         return None;
     }
-    key.addr = 0;
-    unsafe { SERVICES.get(key) }.copied()
+    // SAFETY: as above.
+    let id = unsafe { SERVICES.get(ServiceKey::wildcard(dport)) }.copied()?;
+    Some(Found {
+        svc_id: id,
+        wildcard: true,
+    })
 }

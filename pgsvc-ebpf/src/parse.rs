@@ -35,6 +35,8 @@ pub struct Pkt {
     pub ack: u32,
     /// TCP payload bytes (from the IP total length, so Ethernet padding is not counted).
     pub payload_len: u32,
+    /// Offset just past the IP packet (`l3` + total length; Ethernet padding may follow).
+    pub end: usize,
 }
 
 /// Returns a pointer to a `T` at `off`, or `PassTruncated` when the packet is shorter.
@@ -94,6 +96,9 @@ pub fn parse_ipv4_tcp(ctx: &XdpContext) -> Result<Pkt, Reason> {
     if doff < TcpHdr::LEN || tot_len < ihl + doff {
         return Err(Reason::PassTruncated);
     }
+    if ctx.data() + l3 + tot_len > ctx.data_end() {
+        return Err(Reason::PassBadLength);
+    }
     Ok(Pkt {
         l3,
         l4,
@@ -105,6 +110,7 @@ pub fn parse_ipv4_tcp(ctx: &XdpContext) -> Result<Pkt, Reason> {
         seq,
         ack,
         payload_len: (tot_len - ihl - doff) as u32,
+        end: l3 + tot_len,
     })
 }
 

@@ -20,7 +20,7 @@ const RST_LEN: usize = 40;
 pub fn reply(ctx: &XdpContext, pkt: &Pkt, reason: Reason) -> Result<Verdict, Reason> {
     // Never answer a RST with a RST.
     if pkt.flags & TH_RST != 0 {
-        return Ok(Verdict::drop(reason));
+        return Err(Reason::DropRstUnanswered);
     }
     let (seq, ack, flags) = if pkt.flags & TH_ACK != 0 {
         (pkt.ack, 0u32, TH_RST)
@@ -46,7 +46,7 @@ pub fn reply(ctx: &XdpContext, pkt: &Pkt, reason: Reason) -> Result<Verdict, Rea
         let delta = want as i32 - have as i32;
         // SAFETY: shrinking the tail of our own frame.
         if unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, delta) } != 0 {
-            return Ok(Verdict::drop(Reason::DropXmit));
+            return Err(Reason::DropXmit);
         }
     }
     Ok(Verdict {

@@ -1,7 +1,9 @@
 //! Backend selection for a new flow: weighted round robin, leastconn, Maglev. The agent prepares the
 //! ring (weighted sequence or Maglev table) and the active set; this file only reads them.
 
-use pgsvc_common::{Algorithm, BackendSet, MAX_ACTIVE, RING_SIZE, Reason, ServiceRuntime};
+use pgsvc_common::{
+    Algorithm, BackendSet, MAX_ACTIVE, RING_SIZE, Reason, ServiceRuntime, open_conns,
+};
 
 use crate::{
     atomic,
@@ -125,8 +127,7 @@ fn leastconn(set: &BackendSet, rt: *mut ServiceRuntime) -> Result<u32, Reason> {
 pub fn active_conns(id: u32) -> u64 {
     let opened = BACKEND_CONNS.get(id).copied().unwrap_or(0);
     let released = BACKEND_RELEASED.get(id).copied().unwrap_or(0);
-    let n = opened - released;
-    if n < 0 { 0 } else { n as u64 }
+    open_conns(opened, released)
 }
 
 /// `Some(active connections)` when the backend can take one more.

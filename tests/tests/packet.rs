@@ -4,7 +4,9 @@
 
 use std::net::Ipv4Addr;
 
-use pgsvc::datapath::{BackendSpec, Datapath, LoadOptions, NextHop, ServiceSpec, XdpDatapath};
+use pgsvc::datapath::{
+    BackendSpec, Datapath, LoadOptions, LocalScope, NextHop, ServiceSpec, XdpDatapath,
+};
 use pgsvc_common::{Algorithm, Reason};
 use pgsvc_tests::{
     guard::PinDir,
@@ -546,4 +548,279 @@ fn a_slot_reused_for_a_server_whose_address_changed_starts_from_zero_counters() 
             .new_flows,
         1
     );
+}
+
+/// A datapath with one service on `ip: "*"` port 5433 and the node's scope: the LB's MAC, the
+/// local addresses LB and VIP.
+fn wildcard_rig(test: &str) -> Option<Rig> {
+    if !require_root(test) {
+        return None;
+    }
+    let pins = PinDir::new("pkt");
+    let mut opts = LoadOptions::new(pins.path(), LB);
+    opts.snat_ports = SNAT_PORTS;
+    opts.fib_fallback = false;
+    opts.max_flows = 4096;
+    let mut dp = XdpDatapath::load(opts).expect("load + verifier");
+    dp.set_static_next_hop(
+        B1,
+        NextHop {
+            ifindex: 0,
+            mac: BACKEND_MAC,
+            src_mac: LB_MAC,
+        },
+    );
+    let spec = ServiceSpec {
+        addrs: Vec::new(),
+        port: 5433,
+        algorithm: Algorithm::RoundRobin,
+        maxconn: 0,
+        shutdown_sessions: true,
+    };
+    dp.upsert_service(SVC, &spec).expect("service");
+    dp.set_backends(SVC, &[backend("pg-test-1", B1, true)])
+        .expect("backends");
+    let changed = dp
+        .set_local_scope(&LocalScope {
+            if_mac: LB_MAC,
+            vip_mac: None,
+            addrs: vec![LB, VIP],
+        })
+        .expect("local scope");
+    assert!(changed, "a fresh datapath had no local scope");
+    Some(Rig { dp, _pins: pins })
+}
+
+const FOREIGN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
+const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+
+#[test]
+fn wildcard_service_takes_only_frames_addressed_to_this_node() {
+    let Some(mut r) = wildcard_rig("wildcard_scope") else {
+        return;
+    };
+    let to = |dst: Ipv4Addr, dst_mac: [u8; 6], sport: u16, flags: u8| {
+        let mut t = Tcp::new((CLIENT, sport), (dst, 5433), flags);
+        t.dst_mac = dst_mac;
+        t.frame()
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not a local address", to(B2, LB_MAC, 36000, SYN)),
+        ("the backend's address", to(B1, LB_MAC, 36001, SYN)),
+        (
+            "limited broadcast",
+            to(Ipv4Addr::BROADCAST, LB_MAC, 36002, SYN),
+        ),
+        ("foreign unicast MAC", to(LB, FOREIGN_MAC, 36003, SYN)),
+        ("broadcast MAC", to(LB, BROADCAST_MAC, 36004, SYN)),
+        (
+            "broadcast MAC, no flow",
+            to(LB, BROADCAST_MAC, 36005, PSH | ACK),
+        ),
+        ("not local, no flow", to(B2, LB_MAC, 36006, PSH | ACK)),
+    ];
+    for (name, frame) in &cases {
+        let before = r.reason(Reason::PassNotLocal);
+        let (action, out) = r.run(frame);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_eq!(&out, frame, "{name}: bytes changed");
+        assert_eq!(r.reason(Reason::PassNotLocal), before + 1, "{name}");
+    }
+    assert_eq!(r.dp.flow_count(), 0);
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").rst_sent, 0);
+    // Addressed to us, at either local address: translated.
+    for (dst, sport) in [(LB, 36010), (VIP, 36011)] {
+        let (action, out) = r.run(&to(dst, LB_MAC, sport, SYN));
+        assert_eq!(action, XDP_TX, "SYN to {dst}");
+        let p = parse_verified(&out).expect("translated SYN");
+        assert_eq!((p.dst, p.dport), (B1, 6432));
+    }
+    // The node's addresses change at runtime: VIP no longer local → passed; the flow already
+    // admitted keeps flowing.
+    let changed =
+        r.dp.set_local_scope(&LocalScope {
+            if_mac: LB_MAC,
+            vip_mac: None,
+            addrs: vec![LB],
+        })
+        .expect("scope");
+    assert!(changed);
+    assert!(
+        !r.dp
+            .set_local_scope(&LocalScope {
+                if_mac: LB_MAC,
+                vip_mac: None,
+                addrs: vec![LB],
+            })
+            .expect("scope")
+    );
+    let f = to(VIP, LB_MAC, 36012, SYN);
+    assert_eq!(r.run(&f), (XDP_PASS, f.clone()));
+    let (action, _) = r.run(&to(VIP, LB_MAC, 36011, PSH | ACK));
+    assert_eq!(action, XDP_TX, "established flow to a former local address");
+    // A configured VIP MAC is ours too.
+    let vmac = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x07];
+    let f = to(LB, vmac, 36013, SYN);
+    assert_eq!(r.run(&f), (XDP_PASS, f.clone()));
+    r.dp.set_local_scope(&LocalScope {
+        if_mac: LB_MAC,
+        vip_mac: Some(vmac),
+        addrs: vec![LB],
+    })
+    .expect("scope");
+    assert_eq!(r.run(&f).0, XDP_TX);
+}
+
+/// Sets the IPv4 header's checksum field to a wrong value.
+fn break_ip_checksum(frame: &mut [u8]) {
+    frame[14 + 10] ^= 0x5a;
+}
+
+/// Flips a bit in the TCP checksum field.
+fn break_tcp_checksum(frame: &mut [u8]) {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    frame[14 + ihl + 16] ^= 0x01;
+}
+
+#[test]
+fn frames_with_bad_checksums_pass_untouched_where_we_would_create_state_or_answer() {
+    let Some(mut r) = rig(
+        "bad_checksums",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    let mut data = Tcp::new((CLIENT, 37002), (VIP, 5433), PSH | ACK);
+    data.payload = b"select 1;".to_vec();
+    let mut odd = Tcp::new((CLIENT, 37003), (VIP, 5433), PSH | ACK);
+    odd.payload = b"select 42;".to_vec();
+    odd.payload.push(b'!'); // 11 bytes: an odd segment length
+    let syn = Tcp::new((CLIENT, 37000), (VIP, 5433), SYN).frame();
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut f = syn.clone();
+    break_ip_checksum(&mut f);
+    cases.push(("SYN, bad IP checksum", f));
+    let mut f = syn.clone();
+    break_tcp_checksum(&mut f);
+    cases.push(("SYN, bad TCP checksum", f));
+    let mut f = data.frame();
+    break_tcp_checksum(&mut f);
+    cases.push(("data without a flow, bad TCP checksum", f));
+    let mut f = data.frame();
+    let last = f.len() - 1;
+    f[last] ^= 0x20; // payload corrupted, checksum as sent
+    cases.push(("data without a flow, corrupted payload", f));
+    let mut f = odd.frame();
+    let last = f.len() - 1;
+    f[last] ^= 0x01;
+    cases.push(("odd-length payload corrupted in its last byte", f));
+    let mut t = Tcp::new((CLIENT, 37004), (VIP, 5433), SYN);
+    t.ip_options = vec![1, 1, 1, 0];
+    let mut f = t.frame();
+    f[14 + 21] = 0x02; // an option byte changed: only the header checksum can tell
+    cases.push(("SYN with IP options, bad IP checksum", f));
+    for (name, frame) in &cases {
+        let before = r.reason(Reason::PassBadChecksum);
+        let (action, out) = r.run(frame);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_eq!(&out, frame, "{name}: bytes changed");
+        assert_eq!(r.reason(Reason::PassBadChecksum), before + 1, "{name}");
+    }
+    assert_eq!(r.dp.flow_count(), 0);
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").rst_sent, 0);
+    // The same frames intact: answered (odd length included) and translated.
+    let (action, out) = r.run(&odd.frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(parse_verified(&out).expect("RST").flags, RST);
+    assert_eq!(r.run(&data.frame()).0, XDP_TX);
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").rst_sent, 2);
+    assert_eq!(r.syn(37000).dst, B1);
+    assert_eq!(r.syn(37004).dst, B1);
+    let mut t = Tcp::new((CLIENT, 37005), (VIP, 5433), SYN);
+    t.payload = vec![7; 5]; // odd-length data on a SYN (TCP Fast Open)
+    assert_eq!(r.run(&t.frame()).0, XDP_TX);
+    // A full 1500-MTU segment is verified and answered; a longer one (jumbo) cannot be verified
+    // and is left to the kernel.
+    let mut t = Tcp::new((CLIENT, 37006), (VIP, 5433), PSH | ACK);
+    t.payload = vec![0x5a; 1460];
+    let (action, out) = r.run(&t.frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(parse_verified(&out).expect("RST").flags, RST);
+    t.payload.push(0x5a);
+    let f = t.frame();
+    let (action, out) = r.run(&f);
+    assert_eq!(action, XDP_PASS, "1481-byte segment");
+    assert!(out == f, "1481-byte segment: bytes changed");
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").rst_sent, 3);
+}
+
+#[test]
+fn ip_total_length_beyond_the_frame_passes_under_its_own_reason() {
+    let Some(mut r) = rig(
+        "bad_length",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    let mut t = Tcp::new((CLIENT, 38000), (VIP, 5433), PSH | ACK);
+    t.payload = b"select 1;".to_vec();
+    for extra in [1u16, 100] {
+        let mut f = t.frame();
+        let total = u16::from_be_bytes([f[16], f[17]]) + extra;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = pgsvc_tests::packet::rfc1071(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        let before = r.reason(Reason::PassBadLength);
+        let (action, out) = r.run(&f);
+        assert_eq!((action, &out), (XDP_PASS, &f), "total length +{extra}");
+        assert_eq!(r.reason(Reason::PassBadLength), before + 1);
+    }
+    // A shorter total length than the frame is Ethernet padding: fine.
+    let mut f = Tcp::new((CLIENT, 38001), (VIP, 5433), SYN).frame();
+    f.extend_from_slice(&[0; 6]);
+    assert_eq!(r.run(&f).0, XDP_TX);
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").rst_sent, 0);
+}
+
+#[test]
+fn rst_sent_counts_only_resets_that_were_transmitted() {
+    let Some(mut r) = rig(
+        "rst_count",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    let rst_sent = |r: &Rig| r.dp.service_stats(SVC).expect("stats").rst_sent;
+    // An incoming RST without a flow: dropped, not answered, not counted as sent.
+    for port in 39000..39003 {
+        let (action, _) = r.run(&Tcp::new((CLIENT, port), (VIP, 5433), RST | ACK).frame());
+        assert_eq!(action, XDP_DROP);
+    }
+    assert_eq!(rst_sent(&r), 0);
+    assert_eq!(r.reason(Reason::DropRstUnanswered), 3);
+    assert_eq!(r.reason(Reason::RstNoFlow), 0);
+    // A data segment without a flow: answered, counted once.
+    let (action, _) = r.run(&Tcp::new((CLIENT, 39010), (VIP, 5433), ACK).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!((rst_sent(&r), r.reason(Reason::RstNoFlow)), (1, 1));
+    // Flows of a server marked down (the agent flushes them at once): the client's RST is not
+    // answered, its data is.
+    r.syn(39020);
+    r.syn(39021);
+    r.dp.set_backends(SVC, &[backend("pg-test-1", B1, false)])
+        .expect("datapath call");
+    let (action, _) = r.run(&Tcp::new((CLIENT, 39020), (VIP, 5433), RST | ACK).frame());
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(rst_sent(&r), 1);
+    let (action, _) = r.run(&Tcp::new((CLIENT, 39021), (VIP, 5433), ACK).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(rst_sent(&r), 2);
+    assert_eq!(r.reason(Reason::DropRstUnanswered), 4);
 }

@@ -6,6 +6,8 @@ use std::net::Ipv4Addr;
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::datapath::{LocalScope, neigh};
+
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 #[derive(Debug, Error)]
@@ -37,15 +39,29 @@ pub enum HostError {
 
 /// The first IPv4 address of `iface` other than `except` (the VIP).
 pub fn first_ipv4(iface: &str, except: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-    ipv4_addrs(iface).into_iter().find(|a| Some(*a) != except)
+    ipv4_addrs(Some(iface))
+        .into_iter()
+        .find(|a| Some(*a) != except)
 }
 
 fn interface_has(iface: &str, addr: Ipv4Addr) -> bool {
-    ipv4_addrs(iface).contains(&addr)
+    ipv4_addrs(Some(iface)).contains(&addr)
 }
 
-/// IPv4 addresses of `iface`, in the kernel's order.
-fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
+/// What `ip: "*"` services accept on `iface`: frames to its MAC whose destination is one of the
+/// node's IPv4 addresses (on any interface, as the kernel accepts them). `None` when the interface
+/// is gone.
+pub fn local_scope(iface: &str) -> Option<LocalScope> {
+    let (_, if_mac) = neigh::interface(iface)?;
+    Some(LocalScope {
+        if_mac,
+        vip_mac: None,
+        addrs: ipv4_addrs(None),
+    })
+}
+
+/// IPv4 addresses of `iface` (of every interface: `None`), in the kernel's order.
+fn ipv4_addrs(iface: Option<&str>) -> Vec<Ipv4Addr> {
     let mut found = Vec::new();
     // SAFETY: getifaddrs/freeifaddrs pair; every pointer is checked before use.
     unsafe {
@@ -61,7 +77,7 @@ fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
                 continue;
             }
             let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-            if name != iface {
+            if iface.is_some_and(|i| name != i) {
                 continue;
             }
             let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);

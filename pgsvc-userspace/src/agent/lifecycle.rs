@@ -155,6 +155,9 @@ async fn main_loop(
     mut events: mpsc::UnboundedReceiver<HealthEvent>,
     mut reloads: mpsc::Receiver<ReloadRequest>,
 ) -> anyhow::Result<()> {
+    if let Some(scope) = host::local_scope(&opts.iface) {
+        agent.on_local_scope(&scope);
+    }
     agent.start(Instant::now())?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -172,6 +175,9 @@ async fn main_loop(
             _ = settle.tick(), if !agent.is_ready() => agent.rebalance_all(Instant::now()),
             _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
+                if let Some(scope) = host::local_scope(&opts.iface) {
+                    agent.on_local_scope(&scope);
+                }
                 agent.on_tick(ticks, Instant::now());
             }
             Some(req) = reloads.recv() => {

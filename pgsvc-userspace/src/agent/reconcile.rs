@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use super::checks::Checks;
 use crate::{
     balance::{BalancedService, balance_service},
-    datapath::{BackendSpec, Datapath, ServiceSpec, Timeouts},
+    datapath::{BackendSpec, Datapath, LocalScope, ServiceSpec, Timeouts},
     health::{CheckKey, HealthEvent, HealthState, log_transition, servers_checked_by},
     plan::{Balance, BindAddr, Plan, ServicePlan},
     status::{ReloadStatus, Status},
@@ -161,6 +161,19 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             })?;
         self.publish(now);
         Ok(())
+    }
+
+    /// The node's MACs and addresses, which `ip: "*"` services accept: before [`Self::start`] (so a
+    /// wildcard service never answers for foreign addresses) and on every tick (addresses come and
+    /// go at runtime).
+    pub fn on_local_scope(&mut self, scope: &LocalScope) {
+        match self.dp.set_local_scope(scope) {
+            Ok(true) => {
+                info!(addrs = ?scope.addrs, "local addresses for ip \"*\" services updated")
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "writing the local addresses failed"),
+        }
     }
 
     /// Once a second: the datapath's clock, due slowstart steps, the first writes until ready, next

@@ -25,6 +25,16 @@ pub struct ServiceSpec {
 /// Counters of one backend or service, summed over CPUs.
 pub use pgsvc_common::TrafficStats;
 
+/// What services on `ip: "*"` accept (HAProxy's `bind *` takes only the node's own addresses):
+/// frames sent to `if_mac` (or `vip_mac`) whose destination is one of `addrs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalScope {
+    pub if_mac: [u8; 6],
+    pub vip_mac: Option<[u8; 6]>,
+    /// The node's IPv4 addresses, on every interface (the kernel accepts them on any).
+    pub addrs: Vec<Ipv4Addr>,
+}
+
 /// The datapath as the agent drives it. Every call is idempotent: the agent re-applies the desired
 /// state after a restart.
 pub trait Datapath {
@@ -61,6 +71,8 @@ pub trait Datapath {
     fn flow_count(&self) -> usize;
     /// Size of the flow table.
     fn max_flows(&self) -> u32;
+    /// Writes what `ip: "*"` services accept; returns whether anything changed.
+    fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, Self::Error>;
 }
 
 /// Flow timeouts used by [`Datapath::gc`].

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use pgsvc_common::Reason;
 use thiserror::Error;
 
-use super::api::{BackendSpec, Datapath, GcReport, ServiceSpec, Timeouts, TrafficStats};
+use super::api::{
+    BackendSpec, Datapath, GcReport, LocalScope, ServiceSpec, Timeouts, TrafficStats,
+};
 use crate::balance::sessions_to_shutdown;
 
 /// An operation of the trait, to inject failures and to count calls.
@@ -81,6 +83,8 @@ pub struct FakeDatapath {
     pub failing: BTreeSet<(Op, String)>,
     pub reasons: Vec<(Reason, u64)>,
     pub max_flows: u32,
+    /// What `ip: "*"` services were last told to accept.
+    pub local_scope: Option<LocalScope>,
 }
 
 impl Default for FakeDatapath {
@@ -92,6 +96,7 @@ impl Default for FakeDatapath {
             failing: BTreeSet::new(),
             reasons: Vec::new(),
             max_flows: 1024,
+            local_scope: None,
         }
     }
 }
@@ -378,5 +383,11 @@ impl Datapath for FakeDatapath {
 
     fn max_flows(&self) -> u32 {
         self.max_flows
+    }
+
+    fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, FakeError> {
+        let changed = self.local_scope.as_ref() != Some(scope);
+        self.local_scope = Some(scope.clone());
+        Ok(changed)
     }
 }

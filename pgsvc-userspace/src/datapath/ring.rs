@@ -71,10 +71,17 @@ fn fnv1a(seed: u64, data: &[u8]) -> u64 {
 /// The Maglev lookup table (Eisenbud et al., NSDI 2016) of size [`RING_SIZE`] (prime), weighted by
 /// letting each backend claim `weight` entries per round. Adding or removing one backend moves only
 /// about 1/N of the entries.
+///
+/// The table depends on the member *set* only, not on the order it is given in: members take turns
+/// in the order of their names (then slot id and weight, for duplicates), so every LB node builds
+/// the same table whatever order its inventory or health events listed them in.
 pub fn maglev_table(members: &[RingMember<'_>]) -> Vec<u16> {
     if members.is_empty() {
         return Vec::new();
     }
+    let mut members = members.to_vec();
+    members.sort_unstable_by(|a, b| (a.name, a.id, a.weight).cmp(&(b.name, b.id, b.weight)));
+    let members = members.as_slice();
     let m = RING_SIZE as u64;
     let weights = reduced_weights(members, RING_SIZE);
     let perms: Vec<(u64, u64)> = members
@@ -206,9 +213,51 @@ mod tests {
     }
 
     #[test]
-    fn maglev_is_deterministic_and_order_independent_by_name() {
+    fn maglev_is_deterministic() {
         let a = maglev_table(&members(&[(1, "x", 1), (2, "y", 1)]));
         let b = maglev_table(&members(&[(1, "x", 1), (2, "y", 1)]));
         assert_eq!(a, b);
+    }
+
+    /// Fisher–Yates with a fixed xorshift64 stream: the same 100 orders on every run and host.
+    fn shuffled<T: Clone>(items: &[T], state: &mut u64) -> Vec<T> {
+        let mut v = items.to_vec();
+        for i in (1..v.len()).rev() {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            let j = (*state % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+
+    /// Every LB node must build the same table from the same member set, whatever order its
+    /// inventory, health events or slot scan listed the members in.
+    #[test]
+    fn maglev_table_does_not_depend_on_member_order() {
+        let set = members(&[
+            (3, "pg-test-1", 100),
+            (7, "pg-test-2", 100),
+            (1, "pg-test-3", 50),
+            (9, "pg-meta-1", 100),
+            (4, "pg-test-10", 200),
+            (2, "pg-test-4", 1),
+            (8, "pg-test-5", 100),
+        ]);
+        let want = maglev_table(&set);
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut orders = std::collections::HashSet::new();
+        for round in 0..100 {
+            let order = shuffled(&set, &mut state);
+            orders.insert(order.iter().map(|m| m.id).collect::<Vec<_>>());
+            assert!(
+                maglev_table(&order) == want,
+                "round {round}: a different table for order {:?}",
+                order.iter().map(|m| m.name).collect::<Vec<_>>()
+            );
+        }
+        // The shuffle really produced many different orders.
+        assert!(orders.len() > 90, "only {} distinct orders", orders.len());
     }
 }

@@ -15,6 +15,7 @@ mod flows;
 mod hops;
 mod link;
 mod loader;
+mod scope;
 mod services;
 mod slots;
 mod stats;
@@ -38,7 +39,7 @@ use pgsvc_common::{
 };
 
 use super::{
-    api::{BackendSpec, Datapath, GcReport, ServiceSpec, Timeouts},
+    api::{BackendSpec, Datapath, GcReport, LocalScope, ServiceSpec, Timeouts},
     neigh::NextHop,
 };
 
@@ -213,5 +214,9 @@ impl Datapath for XdpDatapath {
 
     fn max_flows(&self) -> u32 {
         self.opts.max_flows
+    }
+
+    fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, DatapathError> {
+        self.write_local_scope(scope)
     }
 }
