@@ -23,7 +23,7 @@ use crate::{
     control::ReloadRequest,
     datapath::{LoadOptions, XdpDatapath, neigh},
     health::{Burst, HealthEvent, HealthMonitor, TlsSettings},
-    plan,
+    notify, plan,
 };
 
 type Agent = Reconciler<XdpDatapath, HealthMonitor>;
@@ -169,6 +169,7 @@ async fn main_loop(
     let mut ticks: u32 = 0;
     // On a worker with its own big stack, panics caught: a hostile inventory cannot take the agent down.
     let reread = || plan::load_plan_isolated(&opts.config, opts.cluster.as_deref());
+    let mut notified_ready = false;
     loop {
         tokio::select! {
             Some(ev) = events.recv() => agent.on_health_event(&ev, Instant::now()),
@@ -181,17 +182,35 @@ async fn main_loop(
                 agent.on_tick(ticks, Instant::now());
             }
             Some(req) = reloads.recv() => {
+                sd_notify(notify::reloading());
                 let r = agent.reload(reread(), Instant::now());
                 let _ = req.reply.send(r);
+                notified_ready = false;
             }
             _ = sighup.recv() => {
+                sd_notify(notify::reloading());
                 let _ = agent.reload(reread(), Instant::now());
+                notified_ready = false;
             }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
         }
+        // systemd (Type=notify) learns the agent is ready once every service is written, and again
+        // after each reload, applied or refused.
+        if !notified_ready && agent.is_ready() {
+            sd_notify(notify::ready());
+            notified_ready = true;
+        }
     }
+    sd_notify(notify::stopping());
     Ok(())
+}
+
+/// A failed notification is logged, never fatal: the agent serves the same without systemd.
+fn sd_notify(sent: Result<bool, notify::NotifyError>) {
+    if let Err(e) = sent {
+        warn!(error = %e, "notifying systemd failed");
+    }
 }
 
 /// Undoes a start that failed after the datapath was loaded: a datapath of our own is detached and
