@@ -1027,3 +1027,26 @@ fn a_server_whose_address_changed_starts_from_zero_in_the_fake_too() {
         .expect("write");
     assert_eq!(dp.conns(PRIMARY, "pg-test-1"), 0);
 }
+
+#[test]
+fn the_local_scope_reaches_the_datapath_and_follows_address_changes() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    assert_eq!(h.rec.dp.local_scope, None);
+    let mut scope = crate::datapath::LocalScope {
+        if_mac: [2, 0, 0, 0, 0, 1],
+        vip_mac: None,
+        addrs: vec![Ipv4Addr::new(198, 18, 0, 2)],
+    };
+    h.rec.on_local_scope(&scope);
+    assert_eq!(h.rec.dp.local_scope.as_ref(), Some(&scope));
+    // The VIP arrives on the node (vip-manager): wildcard services must answer for it too.
+    scope.addrs.push(Ipv4Addr::new(198, 18, 0, 3));
+    h.rec.on_local_scope(&scope);
+    assert_eq!(
+        h.rec.dp.local_scope.as_ref().map(|s| s.addrs.clone()),
+        Some(vec![
+            Ipv4Addr::new(198, 18, 0, 2),
+            Ipv4Addr::new(198, 18, 0, 3)
+        ])
+    );
+}
