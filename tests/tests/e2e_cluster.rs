@@ -593,6 +593,24 @@ fn e2e_sandbox_runs_from_a_checkout_postgres_cannot_enter() {
     }
     // declared first: dropped after the sandbox, whose `down` runs the copied script
     let private = PrivateCheckout::new().expect("private checkout");
+    // the premise: the daemons' user cannot enter it
+    let enters = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "test",
+            "-x",
+        ])
+        .arg(&private.root)
+        .current_dir("/")
+        .status()
+        .expect("running setpriv");
+    assert!(
+        !enters.success(),
+        "user postgres can enter {}: the test would prove nothing",
+        private.root.display()
+    );
     let t0 = Instant::now();
     let sb = Sandbox::up_from("pc", private.pgsandbox(), Some(private.checkout.clone()))
         .unwrap_or_else(|e| panic!("sandbox up from {}: {e:#}", private.checkout.display()));

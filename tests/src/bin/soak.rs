@@ -123,6 +123,13 @@ fn utc_now() -> String {
         .unwrap_or_default()
 }
 
+/// The first three fields of /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .arg("-C")
@@ -145,6 +152,11 @@ struct Round {
 
 /// What the run produced before the analysis.
 struct Run {
+    /// `git rev-parse HEAD` and whether tracked files differed from it, when the run began.
+    commit: Option<String>,
+    dirty: Option<bool>,
+    /// /proc/loadavg when the run began and ended (the machine may be shared).
+    load: [String; 2],
     p0: Member,
     rounds: Vec<Round>,
     aborted: Option<String>,
@@ -170,6 +182,9 @@ fn soak(o: &Opts, sb: &mut Sandbox, t0: Instant) -> anyhow::Result<Run> {
         .context("no write through 5433 within 60 s of pgsvc being ready")?;
     let p0 = sb.leader().context("finding the primary")?;
     let started = epoch();
+    let commit = git(&["rev-parse", "HEAD"]);
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
+    let load_start = loadavg();
     let mut probe = sb.probe(5433, "soak", false, o.time_limit + Duration::from_secs(60))?;
     probe
         .wait_success_on(p0.addr, started - 1.0, Duration::from_secs(30))
@@ -229,9 +244,15 @@ fn soak(o: &Opts, sb: &mut Sandbox, t0: Instant) -> anyhow::Result<Run> {
     probe.stop();
     let ended = epoch();
     let attempts = probe.attempts();
+    // the rows are looked up through 5433: after an aborted switchover that may take a while
+    sb.wait_writes(5433, 120)
+        .context("no write through 5433 to verify the acknowledged rows with")?;
     let summary = probe.summary().context("writer_probe.py summary")?;
     drop(agent);
     Ok(Run {
+        commit,
+        dirty,
+        load: [load_start, loadavg()],
         p0,
         rounds,
         aborted,
@@ -396,12 +417,11 @@ fn analyse(o: &Opts, run: &Run) -> (Value, bool) {
         ));
     }
     let pass = reasons.is_empty();
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
     let doc = json!({
         "kind": "pgsvc switchover soak",
         "generated": utc_now(),
-        "commit": git(&["rev-parse", "HEAD"]),
-        "dirty": dirty,
+        "commit": run.commit,
+        "dirty": run.dirty,
         "command": format!("cargo xtask soak --switchovers {}", o.switchovers),
         "pass": pass,
         "failures": reasons,
@@ -427,6 +447,8 @@ fn analyse(o: &Opts, run: &Run) -> (Value, bool) {
         "promotion_s": stats(&promotions),
         "pgsvc_up_after_promotion_s": stats(&detects),
         "machine": {
+            "loadavg_start": run.load[0],
+            "loadavg_end": run.load[1],
             "cpus": std::thread::available_parallelism().map_or(0, usize::from),
             "kernel": Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
         },
@@ -470,6 +492,15 @@ fn markdown(doc: &Value, json_rel: &str) -> String {
             None => " (dirty state unknown)",
         },
         doc["duration_s"]
+    );
+    let _ = writeln!(
+        s,
+        "Machine: {} CPUs, kernel {}, load average {} at the start and {} at the end (1/5/15 min; \
+         the windows include whatever else ran).\n",
+        doc["machine"]["cpus"],
+        doc["machine"]["kernel"].as_str().unwrap_or("?"),
+        doc["machine"]["loadavg_start"].as_str().unwrap_or("?"),
+        doc["machine"]["loadavg_end"].as_str().unwrap_or("?"),
     );
     let _ = writeln!(s, "| figure | value |\n|---|---:|");
     let row = |s: &mut String, k: &str, v: String| {
