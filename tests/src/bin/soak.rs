@@ -160,6 +160,9 @@ struct Run {
     p0: Member,
     rounds: Vec<Round>,
     aborted: Option<String>,
+    /// When the switchover that failed began (epoch): what happened after it (perhaps that
+    /// switchover, perhaps a failover Patroni made on its own) has no timeline to check against.
+    aborted_at: Option<f64>,
     attempts: Vec<Attempt>,
     summary: Value,
     started: f64,
@@ -195,7 +198,9 @@ fn soak(o: &Opts, sb: &mut Sandbox, t0: Instant) -> anyhow::Result<Run> {
     ));
     let mut rounds: Vec<Round> = Vec::new();
     let mut aborted = None;
+    let mut aborted_at = None;
     for i in 1..=o.switchovers {
+        let step_t = epoch();
         let step = (|| -> anyhow::Result<Round> {
             check_stop()?;
             if t0.elapsed() > o.time_limit {
@@ -235,6 +240,7 @@ fn soak(o: &Opts, sb: &mut Sandbox, t0: Instant) -> anyhow::Result<Run> {
             Err(e) => {
                 say(&format!("switchover {i} failed: {e:#}"));
                 aborted = Some(format!("switchover {i}: {e:#}"));
+                aborted_at = Some(step_t);
                 break;
             }
         }
@@ -256,6 +262,7 @@ fn soak(o: &Opts, sb: &mut Sandbox, t0: Instant) -> anyhow::Result<Run> {
         p0,
         rounds,
         aborted,
+        aborted_at,
         attempts,
         summary,
         started,
@@ -382,7 +389,12 @@ fn analyse(o: &Opts, run: &Run) -> (Value, bool) {
     let non_primary: Vec<String> = run
         .attempts
         .iter()
-        .filter_map(|a| non_primary_write(a, run.p0, &run.rounds))
+        .filter_map(|a| match run.aborted_at {
+            // after an aborted switchover only "not in recovery" can be checked
+            Some(t) if a.t0 >= t => (a.ok && a.in_recovery != Some(false))
+                .then(|| format!("seq {} acknowledged by {:?} in recovery", a.seq, a.addr)),
+            _ => non_primary_write(a, run.p0, &run.rounds),
+        })
         .collect();
     let s = &run.summary;
     let verify = &s["verify"];
