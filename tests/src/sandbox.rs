@@ -242,6 +242,10 @@ pub struct Sandbox {
     pass: Option<NsWorker<Option<PassProgram>>>,
     pin_dir: PathBuf,
     cancel: Option<&'static AtomicBool>,
+    /// The pgsandbox script this sandbox runs ([`pgsandbox_path`] unless [`Self::up_from`]).
+    script: PathBuf,
+    /// The working directory of every pgsandbox command (the caller's unless [`Self::up_from`]).
+    cwd: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -252,9 +256,17 @@ impl Sandbox {
 
     /// `pgsandbox up` under a fresh id starting with `prefix` (two lowercase letters).
     pub fn up_with_prefix(prefix: &str) -> anyhow::Result<Self> {
+        Self::up_from(prefix, pgsandbox_path(), None)
+    }
+
+    /// `up_with_prefix`, with another copy of the pgsandbox script, every pgsandbox command run from
+    /// `cwd` (a checkout the `postgres` user cannot enter, as an e2e test does).
+    pub fn up_from(prefix: &str, script: PathBuf, cwd: Option<PathBuf>) -> anyhow::Result<Self> {
         let id = unique_id(prefix);
         // The guard exists before anything is created: whatever `up` leaves behind, drop removes.
         let mut sb = Self {
+            script,
+            cwd,
             state: PathBuf::from("/run/pgsvc-sandbox").join(&id),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}-pgsvc")),
             id,
@@ -272,9 +284,10 @@ impl Sandbox {
         sb.up_log = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             bail!(
-                "pgsandbox up (PGSB_ID={}) failed ({}):\n{}",
+                "pgsandbox up (PGSB_ID={}) failed ({}): {}\n{}",
                 sb.id,
                 out.status,
+                first_cause(&sb.up_log),
                 output_text(&out)
             );
         }
@@ -311,9 +324,18 @@ impl Sandbox {
     }
 
     /// A `sandbox/pgsandbox ARGS` command aimed at this sandbox.
+    /// (Falls back to the repository's script and the caller's directory when those of
+    /// [`Self::up_from`] are gone, so that `down` always runs.)
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(pgsandbox_path());
+        let mut c = if self.script.is_file() {
+            Command::new(&self.script)
+        } else {
+            Command::new(pgsandbox_path())
+        };
         c.args(args).env("PGSB_ID", &self.id);
+        if let Some(dir) = self.cwd.as_ref().filter(|d| d.is_dir()) {
+            c.current_dir(dir);
+        }
         c
     }
 
@@ -701,9 +723,73 @@ impl Sandbox {
             out,
             port,
             sandbox_id: self.id.clone(),
+            script: self.script.clone(),
             state: self.state.clone(),
             cancel: self.cancel,
         })
+    }
+}
+
+/// A copy of the sandbox scripts in a checkout the `postgres` user cannot enter: `<tmp>/pgsvc-private-
+/// <unique>/` (mode 0700) holds `checkout/sandbox/*`, as a clone into `mktemp -d` or /root has it.
+/// Removed on drop.
+pub struct PrivateCheckout {
+    pub root: PathBuf,
+    pub checkout: PathBuf,
+}
+
+impl PrivateCheckout {
+    pub fn new() -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = std::env::temp_dir().join(crate::guard::unique("private"));
+        fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
+        let me = Self {
+            checkout: root.join("checkout"),
+            root,
+        };
+        fs::set_permissions(&me.root, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {}", me.root.display()))?;
+        let dest = me.checkout.join("sandbox");
+        fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+        let src = repo_root().join("sandbox");
+        for e in fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+            let e = e.with_context(|| format!("reading {}", src.display()))?;
+            if e.path().is_file() {
+                fs::copy(e.path(), dest.join(e.file_name()))
+                    .with_context(|| format!("copying {}", e.path().display()))?;
+            }
+        }
+        Ok(me)
+    }
+
+    pub fn pgsandbox(&self) -> PathBuf {
+        self.checkout.join("sandbox").join("pgsandbox")
+    }
+}
+
+impl Drop for PrivateCheckout {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+impl Sandbox {
+    /// Every process in the sandbox's namespaces (`ip netns pids`).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for host in ["sw", "etcd", "n1", "n2", "n3", "lb", "cl"] {
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", &self.ns(host)])
+                .output()
+            {
+                pids.extend(
+                    String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+        pids
     }
 }
 
@@ -727,6 +813,61 @@ pub fn parse_rfc3339_utc(ts: &str) -> Option<f64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some((days * 86_400 + h * 3_600 + min * 60) as f64 + sec)
+}
+
+/// The first line of pgsandbox's log that says what went wrong (a timeout, a daemon that died, an
+/// error), without its timestamp; "see below" when there is none.
+pub fn first_cause(log: &str) -> &str {
+    log.lines()
+        .map(|l| l.split_once(" pgsandbox: ").map_or(l, |(_, m)| m))
+        .find(|m| {
+            m.starts_with("timed out") || m.contains(" died while ") || m.starts_with("error: ")
+        })
+        .unwrap_or("see below")
+}
+
+/// The markers around the soak's section of BENCHMARKS.md (tests/src/bin/soak.rs writes it; bench-e2e
+/// keeps it when it rewrites the file).
+pub const SOAK_BEGIN: &str = "<!-- soak:begin -->";
+pub const SOAK_END: &str = "<!-- soak:end -->";
+
+/// `doc` with the lines from `begin` to `end` (marker lines included) replaced by `begin`, `section`
+/// and `end`; appended (after a blank line) when `doc` has no such block. Lets two generators share
+/// one Markdown file (BENCHMARKS.md: bench-e2e writes the file, the soak keeps its own section).
+pub fn splice_section(doc: &str, begin: &str, end: &str, section: &str) -> String {
+    let block = format!("{begin}\n{}\n{end}\n", section.trim_end());
+    let lines: Vec<&str> = doc.lines().collect();
+    let b = lines.iter().position(|l| l.trim() == begin);
+    let e = b.and_then(|b| {
+        lines[b..]
+            .iter()
+            .position(|l| l.trim() == end)
+            .map(|e| b + e)
+    });
+    match (b, e) {
+        (Some(b), Some(e)) => {
+            let mut out = String::new();
+            for l in &lines[..b] {
+                out.push_str(l);
+                out.push('\n');
+            }
+            out.push_str(&block);
+            for l in &lines[e + 1..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+            out
+        }
+        _ if doc.trim().is_empty() => block,
+        _ => format!("{}\n\n{block}", doc.trim_end()),
+    }
+}
+
+/// What stands between the `begin` and `end` marker lines of `doc`, if it has them.
+pub fn find_section(doc: &str, begin: &str, end: &str) -> Option<String> {
+    let start = doc.find(begin)? + begin.len();
+    let stop = start + doc[start..].find(end)?;
+    Some(doc[start..stop].trim_matches('\n').to_owned())
 }
 
 /// `event <epoch>` as pgsandbox prints it after a switchover or kill-primary.
@@ -863,6 +1004,7 @@ pub struct Probe {
     pub out: PathBuf,
     pub port: u16,
     sandbox_id: String,
+    script: PathBuf,
     state: PathBuf,
     cancel: Option<&'static AtomicBool>,
 }
@@ -920,7 +1062,7 @@ impl Probe {
     /// `writer_probe.py summary --json` over the sandbox's events, verifying every acknowledged
     /// row through VIP:port (see sandbox/writer_probe.py): windows per event, writers, violations.
     pub fn summary(&self) -> anyhow::Result<Value> {
-        let out = Command::new(pgsandbox_path())
+        let out = Command::new(&self.script)
             .env("PGSB_ID", &self.sandbox_id)
             .args(["probe", "summary"])
             .arg(&self.out)
@@ -993,6 +1135,37 @@ mod tests {
             Some(1_795_638_366.119)
         );
         assert_eq!(parse_event("no event here"), None);
+    }
+
+    #[test]
+    fn sections_are_spliced_in_place_or_appended() {
+        let (b, e) = ("<!-- x:begin -->", "<!-- x:end -->");
+        let doc = "# T\n\ntext\n";
+        let once = splice_section(doc, b, e, "## X\n1\n");
+        assert_eq!(
+            once,
+            "# T\n\ntext\n\n<!-- x:begin -->\n## X\n1\n<!-- x:end -->\n"
+        );
+        let twice = splice_section(&format!("{once}tail\n"), b, e, "## X\n2");
+        assert_eq!(
+            twice,
+            "# T\n\ntext\n\n<!-- x:begin -->\n## X\n2\n<!-- x:end -->\ntail\n"
+        );
+        assert_eq!(find_section(&twice, b, e).as_deref(), Some("## X\n2"));
+        assert_eq!(find_section(doc, b, e), None);
+        assert_eq!(splice_section("", b, e, "s"), format!("{b}\ns\n{e}\n"));
+    }
+
+    #[test]
+    fn first_cause_of_a_failed_up() {
+        let log = "12:00:00.000 pgsandbox: etcd\n\
+                   12:01:30.000 pgsandbox: timed out after 90s waiting for pg-test-1 to lead\n\
+                   12:01:30.001 pgsandbox: patroni-n1 (pg-test-1's Patroni) runs (pid 7)\n";
+        assert_eq!(
+            first_cause(log),
+            "timed out after 90s waiting for pg-test-1 to lead"
+        );
+        assert_eq!(first_cause("12:00:00.000 pgsandbox: etcd\n"), "see below");
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   writes resume on the new primary, and the write-unavailability window stays within the bound
 //!   the timers imply.
 //!
+//! - the sandbox itself (issue 13): it comes up from a checkout the `postgres` user cannot enter, and
+//!   a member that does not come up or a daemon that dies is named, with the end of its log.
+//!
 //! Each test brings up its own sandbox (unique PGSB_ID) and takes it down on any exit.
 
 use std::{
@@ -19,8 +22,8 @@ use std::{
 };
 
 use pgsvc_tests::sandbox::{
-    Failover, LB_ADDR, MEMBERS, Member, Probe, Sandbox, VIP, epoch, norm, open_raw_session,
-    require_sandbox,
+    Failover, LB_ADDR, MEMBERS, Member, PrivateCheckout, Probe, Sandbox, VIP, epoch, norm,
+    open_raw_session, require_sandbox,
 };
 use serde_json::Value;
 
@@ -576,5 +579,188 @@ fn e2e_kill_primary_under_writer_probe() {
         agent_server(&st, "pg-test-primary", old_member.name)["state"],
         "DOWN",
         "the revived replica must stay out of the primary service"
+    );
+}
+
+/// Issue 13: a checkout the `postgres` user cannot enter (a clone under /root, or in a 0700
+/// `mktemp -d` folder) must not matter. The sandbox comes up from such a checkout, run from inside
+/// it, and none of its processes has its working directory, its command line or an open file under
+/// the checkout.
+#[test]
+fn e2e_sandbox_runs_from_a_checkout_postgres_cannot_enter() {
+    if !require_sandbox("e2e_sandbox_runs_from_a_checkout_postgres_cannot_enter") {
+        return;
+    }
+    // declared first: dropped after the sandbox, whose `down` runs the copied script
+    let private = PrivateCheckout::new().expect("private checkout");
+    // the premise: the daemons' user cannot enter it
+    let enters = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "test",
+            "-x",
+        ])
+        .arg(&private.root)
+        .current_dir("/")
+        .status()
+        .expect("running setpriv");
+    assert!(
+        !enters.success(),
+        "user postgres can enter {}: the test would prove nothing",
+        private.root.display()
+    );
+    let t0 = Instant::now();
+    let sb = Sandbox::up_from("pc", private.pgsandbox(), Some(private.checkout.clone()))
+        .unwrap_or_else(|e| panic!("sandbox up from {}: {e:#}", private.checkout.display()));
+    report(&format!(
+        "private checkout: sandbox {} up from {} (mode 0700) in {:.1}s",
+        sb.id,
+        private.root.display(),
+        t0.elapsed().as_secs_f64()
+    ));
+    let pids = sb.pids();
+    assert!(
+        pids.len() >= 10,
+        "expected etcd, 3 Patroni, 3 postgres clusters and 3 pgbouncers, found pids {pids:?}"
+    );
+    let under = |p: &std::path::Path| p.starts_with(&private.root);
+    let mut offending = Vec::new();
+    for pid in &pids {
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if let Ok(cwd) = std::fs::read_link(proc_dir.join("cwd"))
+            && under(&cwd)
+        {
+            offending.push(format!("{comm}[{pid}] cwd {}", cwd.display()));
+        }
+        let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let root = private.root.to_string_lossy().into_owned();
+        if String::from_utf8_lossy(&cmdline).contains(&root) {
+            offending.push(format!("{comm}[{pid}] command line mentions {root}"));
+        }
+        for fd in std::fs::read_dir(proc_dir.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && under(&target)
+            {
+                offending.push(format!("{comm}[{pid}] has {} open", target.display()));
+            }
+        }
+    }
+    report(&format!(
+        "private checkout: {} processes in the sandbox's namespaces, {} use the checkout",
+        pids.len(),
+        offending.len()
+    ));
+    assert!(
+        offending.is_empty(),
+        "sandbox processes depend on the checkout: {offending:?}"
+    );
+    // The cluster works as usual: a write through the primary's pgbouncer.
+    let out = sb
+        .psql_at("198.18.0.11", 6432, "select pg_is_in_recovery()")
+        .expect("psql through pg-test-1's pgbouncer");
+    assert_eq!(out, "f");
+}
+
+/// Issue 13: when a member does not come up, or a daemon dies, pgsandbox names it and quotes the end
+/// of its own log (for a node, postgres's too) instead of only saying "timed out".
+#[test]
+fn e2e_sandbox_failures_name_the_daemon_and_quote_its_log() {
+    if !require_sandbox("e2e_sandbox_failures_name_the_daemon_and_quote_its_log") {
+        return;
+    }
+    let sb = Sandbox::up().expect("sandbox up");
+    let replica = MEMBERS[1];
+    let run_fail = |args: &[&str]| -> String {
+        let out = sb
+            .command(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running pgsandbox");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "pgsandbox {args:?} should have failed:\n{text}"
+        );
+        text
+    };
+
+    // 1. postgres of pg-test-2 cannot start (a preload library that does not exist): Patroni keeps
+    //    running, the member never runs, the wait times out.
+    sb.stop(replica).expect("stop pg-test-2");
+    let marker = format!("pgsb_planted_{}", std::process::id());
+    let auto_conf = sb.state.join("n2/data/postgresql.auto.conf");
+    let mut conf = std::fs::read_to_string(&auto_conf).expect("postgresql.auto.conf");
+    conf.push_str(&format!("shared_preload_libraries = '{marker}'\n"));
+    std::fs::write(&auto_conf, conf).expect("writing postgresql.auto.conf");
+    let text = run_fail(&["start", replica.name, "--timeout", "20"]);
+    report(&format!(
+        "planted postgres failure: pgsandbox said {:?}",
+        pgsvc_tests::sandbox::first_cause(&text)
+    ));
+    assert!(
+        text.contains("timed out after 20s waiting for pg-test-2 to run again"),
+        "{text}"
+    );
+    assert!(
+        text.contains("patroni-n2 (pg-test-2's Patroni) runs"),
+        "the daemon is not named:\n{text}"
+    );
+    assert!(
+        text.contains("postgres of pg-test-2"),
+        "postgres's log is not quoted:\n{text}"
+    );
+    let quoted = text
+        .lines()
+        .filter(|l| l.starts_with("    | ") && l.contains(&marker))
+        .count();
+    assert!(
+        quoted > 0,
+        "postgres's complaint about {marker} is not quoted:\n{text}"
+    );
+
+    // 2. pg-test-2's Patroni dies at start (its configuration is not YAML): named at once, with
+    //    the last lines of its log.
+    sb.stop(replica).expect("stop pg-test-2 again");
+    let conf = sb.state.join("n2/patroni.yml");
+    std::fs::write(&conf, "scope: [unclosed\n").expect("writing patroni.yml");
+    let t0 = Instant::now();
+    let text = run_fail(&["start", replica.name, "--timeout", "60"]);
+    let took = t0.elapsed();
+    report(&format!(
+        "planted Patroni death: pgsandbox gave up after {:.1}s and said {:?}",
+        took.as_secs_f64(),
+        pgsvc_tests::sandbox::first_cause(&text)
+    ));
+    assert!(
+        text.contains(
+            "patroni-n2 (pg-test-2's Patroni) died while waiting for pg-test-2 to run again"
+        ),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(sb.state.join("logs/patroni-n2.log")).expect("Patroni log");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .expect("Patroni logged why it stopped");
+    assert!(
+        text.contains(&format!("    | {last}")),
+        "the end of patroni-n2's log ({last:?}) is not quoted:\n{text}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "a dead daemon must end the wait at once, not at its timeout ({took:?})"
     );
 }

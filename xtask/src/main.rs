@@ -8,11 +8,13 @@
 //! cargo xtask bench [datapath|e2e|all]          benchmarks into bench/results/
 //! cargo xtask demo [--non-interactive]          the real-cluster failover demo
 //! cargo xtask package                           the Debian package (target/debian/pgsvc_*.deb)
+//! cargo xtask soak [--switchovers N]            N switchovers under the writer probe (not in `test`)
 //! ```
 
 mod cmd;
 mod package;
 mod setup;
+mod soak;
 mod test;
 
 use std::ffi::OsString;
@@ -97,6 +99,19 @@ enum Cmd {
     /// Build the Debian package: binary, systemd unit, /etc/default/pgsvc, example, man pages,
     /// completions; then list, unpack and verify it.
     Package,
+    /// N switchovers of the real cluster under the writer probe through pgsvc: 0 lost rows, 0 writes
+    /// on a non-primary; results in bench/results/soak.json and BENCHMARKS.md.
+    Soak {
+        /// How many switchovers (alternating pg-test-1 / pg-test-2).
+        #[arg(long, default_value_t = 100)]
+        switchovers: u32,
+        /// Do not run `setup` first.
+        #[arg(long)]
+        no_setup: bool,
+        /// Passed to the soak program, e.g. `-- --time-limit-min 60`.
+        #[arg(last = true, value_name = "SOAK_ARGS")]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -302,6 +317,11 @@ fn main() -> ExitCode {
             no_setup,
         } => demo(non_interactive, no_setup).map(|()| ExitCode::SUCCESS),
         Cmd::Package => package::package().map(|_| ExitCode::SUCCESS),
+        Cmd::Soak {
+            switchovers,
+            no_setup,
+            args,
+        } => soak::run(switchovers, no_setup, &args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

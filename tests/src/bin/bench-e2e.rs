@@ -2234,7 +2234,17 @@ fn write_reports(doc: &Value, json: &Path, opts: &Opts, root: &Path) -> Result<(
         .unwrap_or(json)
         .display()
         .to_string();
-    let md = markdown(doc, datapath.as_ref(), &svg_rel, &json_rel);
+    let mut md = markdown(doc, datapath.as_ref(), &svg_rel, &json_rel);
+    // the soak's own section (`cargo xtask soak`) stays
+    {
+        use pgsvc_tests::sandbox::{SOAK_BEGIN, SOAK_END, find_section, splice_section};
+        if let Some(soak) = fs::read_to_string(&opts.md)
+            .ok()
+            .and_then(|old| find_section(&old, SOAK_BEGIN, SOAK_END))
+        {
+            md = splice_section(&md, SOAK_BEGIN, SOAK_END, &soak);
+        }
+    }
     fs::write(&opts.md, md).with_context(|| format!("writing {}", opts.md.display()))?;
     fs::write(&opts.svg, svg(doc)).with_context(|| format!("writing {}", opts.svg.display()))?;
     log(format!(
