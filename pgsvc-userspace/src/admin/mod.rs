@@ -211,13 +211,13 @@ async fn route(request: &Request, shared: &Shared) -> Response {
 
 /// The metrics listener: `GET /metrics` and nothing else, credentials first when configured.
 fn metrics_route(request: &Request, shared: &Shared, get: bool) -> Response {
-    if let Some(auth) = &shared.auth {
-        if !auth.accepts(request.authorization.as_deref()) {
-            return Response {
-                challenge: true,
-                ..Response::text(401, "authentication required")
-            };
-        }
+    if let Some(auth) = &shared.auth
+        && !auth.accepts(request.authorization.as_deref())
+    {
+        return Response {
+            challenge: true,
+            ..Response::text(401, "authentication required")
+        };
     }
     match request.path.as_str() {
         "/metrics" if !get => Response::method_not_allowed("GET, HEAD"),
