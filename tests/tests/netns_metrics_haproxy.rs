@@ -62,7 +62,29 @@ fn request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (code, head.to_owned(), body.to_owned())
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (code, head.to_owned(), body)
+}
+
+/// The body of a chunked answer (HAProxy's exporter streams).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
 }
 
 fn parse(what: &str, text: &str) -> Parsed {
@@ -98,6 +120,13 @@ fn haproxy_config(rig: &AgentRig) -> String {
     let rendered = String::from_utf8_lossy(&out.stdout);
     let mut cfg = String::new();
     for line in rendered.lines() {
+        // Pigsty's global maxconn needs ~131k descriptors; the shapes do not depend on it.
+        if line.trim_start().starts_with("maxconn")
+            && line.split_whitespace().nth(1) == Some("65535")
+        {
+            cfg.push_str("    maxconn 4096\n");
+            continue;
+        }
         match line.trim_start().strip_prefix("bind ") {
             Some(addr) => {
                 let port = addr.rsplit(':').next().expect("bind port");
@@ -155,11 +184,13 @@ fn pgsvc_metrics_have_every_family_pigsty_reads_from_haproxy() {
         "haproxy refuses the rendered config: {}",
         String::from_utf8_lossy(&check.stderr)
     );
+    let log_path = rig.dir.join("haproxy.log");
+    let log = std::fs::File::create(&log_path).expect("haproxy log");
     let mut cmd = ns.command("haproxy");
     cmd.args(["-db", "-f"])
         .arg(&cfg_path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log);
     let mut haproxy = ChildGuard::spawn(cmd);
     let local = NsWorker::start(&ns.name, || ());
     let stats = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
@@ -173,7 +204,10 @@ fn pgsvc_metrics_have_every_family_pigsty_reads_from_haproxy() {
         match got {
             Some((200, _, body)) => break body,
             _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            other => panic!("HAProxy's exporter did not answer: {other:?}"),
+            other => panic!(
+                "HAProxy's exporter did not answer: {other:?}; its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            ),
         }
     };
     haproxy.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
