@@ -170,3 +170,44 @@ fn read_metrics_auth(spec: &str) -> anyhow::Result<crate::admin::BasicAuth> {
     let line = text.lines().next().unwrap_or("").trim();
     crate::admin::BasicAuth::parse(line).map_err(|e| anyhow::anyhow!("--metrics-auth: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_addresses_parse_with_stars_and_off() {
+        let addr = |s: &str| parse_metrics_addr(s).map(|m| m.0);
+        assert_eq!(
+            addr("*:9101"),
+            Ok(Some("0.0.0.0:9101".parse().expect("addr")))
+        );
+        assert_eq!(
+            addr("198.18.0.2:9101"),
+            Ok(Some("198.18.0.2:9101".parse().expect("addr")))
+        );
+        assert_eq!(
+            addr("[::]:9101"),
+            Ok(Some("[::]:9101".parse().expect("addr")))
+        );
+        assert_eq!(addr("off"), Ok(None));
+        assert!(addr("9101").is_err());
+        assert!(addr("*:http").is_err());
+    }
+
+    #[test]
+    fn metrics_auth_reads_a_file_or_the_argument() {
+        let dir = std::env::temp_dir().join(format!("pgsvc-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("auth");
+        std::fs::write(&file, "prom:s3cret\n").expect("auth file");
+        let from_file = read_metrics_auth(&format!("@{}", file.display())).expect("file");
+        assert!(from_file.accepts(Some("Basic cHJvbTpzM2NyZXQ=")));
+        let inline = read_metrics_auth("prom:s3cret").expect("inline");
+        assert_eq!(inline, from_file);
+        let missing = read_metrics_auth(&format!("@{}", dir.join("nope").display()));
+        assert!(missing.is_err());
+        assert!(read_metrics_auth("nocolon").is_err());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
