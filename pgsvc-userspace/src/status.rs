@@ -31,6 +31,109 @@ pub struct Status {
     pub last_reload: Option<ReloadStatus>,
     pub services: Vec<ServiceStatus>,
     pub datapath: DatapathStatus,
+    /// The agent process (CPU, threads, limits) and connection peaks over all services.
+    #[serde(default)]
+    pub process: ProcessStatus,
+}
+
+/// The agent process, for HAProxy's `haproxy_process_*` figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    /// CPU time (user + system) the agent used since it started, seconds.
+    pub cpu_seconds: f64,
+    /// 100 − the agent's CPU use over the last measured interval, as a share of its worker
+    /// threads (HAProxy's idle time): 100 when idle.
+    pub idle_percent: f64,
+    /// Async worker threads (HAProxy's `nbthread`).
+    pub nbthread: u32,
+    /// Open-file limit (RLIMIT_NOFILE).
+    pub max_fds: u64,
+    /// Connections over all services: peaks and rates.
+    pub peaks: Peaks,
+    #[serde(skip)]
+    pub cpu_base: (f64, f64),
+}
+
+impl ProcessStatus {
+    /// The next measurement, `cpu` seconds of CPU at unix time `now`: the idle share moves only
+    /// after a full second, so publishes right after a change do not make it jump.
+    pub fn next(prev: Option<&Self>, cpu: f64, now: f64, nbthread: u32, max_fds: u64) -> Self {
+        let mut n = Self {
+            cpu_seconds: cpu,
+            idle_percent: 100.0,
+            nbthread,
+            max_fds,
+            peaks: Peaks::default(),
+            cpu_base: (now, cpu),
+        };
+        if let Some(p) = prev {
+            n.idle_percent = p.idle_percent;
+            n.cpu_base = p.cpu_base;
+            n.peaks = p.peaks.clone();
+            let (at, base) = p.cpu_base;
+            let wall = now - at;
+            if wall >= 1.0 {
+                let busy = (cpu - base).max(0.0) / (wall * f64::from(nbthread.max(1)));
+                n.idle_percent = (100.0 * (1.0 - busy)).clamp(0.0, 100.0).round();
+                n.cpu_base = (now, cpu);
+            }
+        }
+        n
+    }
+}
+
+/// Session peaks and rates HAProxy keeps per proxy and server: `max_sessions` (`smax`),
+/// `session_rate`/`max_session_rate` (`rate`, `rate_max`: new sessions per second over the last
+/// second), and when the last new session arrived (`lastsess`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Peaks {
+    pub max_sessions: u64,
+    pub session_rate: u64,
+    pub max_session_rate: u64,
+    /// Unix time of the last new session; None when none arrived since the agent started.
+    pub last_session_at: Option<f64>,
+    /// `sessions_total` at the previous snapshot, and where the current rate window started.
+    #[serde(skip)]
+    pub last_total: u64,
+    #[serde(skip)]
+    pub rate_base: (f64, u64),
+}
+
+impl Peaks {
+    /// The peaks after a snapshot with `current` open and `total` sessions so far at unix time
+    /// `now`, given those of the previous snapshot (None for a new service or server). A total
+    /// below the previous one (counters recreated) restarts the window.
+    pub fn next(prev: Option<&Self>, current: u64, total: u64, now: f64) -> Self {
+        let Some(p) = prev.filter(|p| total >= p.last_total) else {
+            return Self {
+                max_sessions: current,
+                last_total: total,
+                rate_base: (now, total),
+                ..Self::default()
+            };
+        };
+        let mut n = p.clone();
+        n.max_sessions = p.max_sessions.max(current);
+        if total > p.last_total {
+            n.last_session_at = Some(now);
+        }
+        n.last_total = total;
+        let (at, base) = p.rate_base;
+        let wall = now - at;
+        if wall >= 1.0 {
+            // Whole sessions per second; a window longer than a second spreads its sessions.
+            n.session_rate = ((total - base) as f64 / wall).round() as u64;
+            n.max_session_rate = p.max_session_rate.max(n.session_rate);
+            n.rate_base = (now, total);
+        }
+        n
+    }
+
+    /// Seconds since the last new session at `now`, or -1 (HAProxy's "never").
+    pub fn last_session_seconds(&self, now: f64) -> f64 {
+        self.last_session_at
+            .map_or(-1.0, |at| (now - at).max(0.0).floor())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -76,6 +179,17 @@ pub struct ServiceStatus {
     /// Resets sent to clients and SYNs dropped (limits, no server).
     pub rst_sent: u64,
     pub syn_dropped: u64,
+    /// Session peaks and rates of the frontend (also the backend's: one `listen`).
+    #[serde(default)]
+    pub peaks: Peaks,
+    /// UP→DOWN transitions of the whole backend (no usable server left).
+    #[serde(default)]
+    pub down_transitions: u64,
+    /// Server options in effect (`default-server maxconn` and `maxqueue`; 0 = unlimited).
+    #[serde(default)]
+    pub server_maxconn: u32,
+    #[serde(default)]
+    pub server_maxqueue: u32,
     pub servers: Vec<ServerStatus>,
 }
 
@@ -111,6 +225,8 @@ pub struct ServerStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub rst_sent: u64,
+    #[serde(default)]
+    pub peaks: Peaks,
 }
 
 /// The most recent health check of a server.
@@ -122,4 +238,7 @@ pub struct CheckStatus {
     /// HTTP status when one was received.
     pub code: Option<u16>,
     pub duration_ms: f64,
+    /// HAProxy's check status code (`L7OK`, `L7STS`, `L4CON`, `L4TOUT`, ...).
+    #[serde(default)]
+    pub code_name: String,
 }

@@ -18,7 +18,7 @@ use crate::{
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const LB: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
-pub const ADMIN_PORT: u16 = 9101;
+pub const ADMIN_PORT: u16 = 9102;
 
 pub fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 11 + i as u8)

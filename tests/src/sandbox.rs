@@ -33,7 +33,7 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 /// The LB host's own address (pgsvc's SNAT address).
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// pgsvc's admin API, on the LB's address so that the client host reaches it.
-pub const ADMIN: &str = "198.18.0.2:9101";
+pub const ADMIN: &str = "198.18.0.2:9102";
 /// The sandbox's test user and database.
 pub const TEST_DSN: &str = "user=dbuser_test password=DBUser.Test dbname=test";
 

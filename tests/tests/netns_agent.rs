@@ -285,7 +285,7 @@ fn metrics_parse_and_match_the_traffic_and_status_shows_the_same() {
     let (code, table, err) = rig.pgsvc_cli(&[
         "status",
         "--admin",
-        &format!("{}:9101", pgsvc_tests::agent_rig::LB),
+        &format!("{}:9102", pgsvc_tests::agent_rig::LB),
     ]);
     assert_eq!(code, 0, "{err}");
     let line = table
@@ -297,7 +297,7 @@ fn metrics_parse_and_match_the_traffic_and_status_shows_the_same() {
         "status",
         "--json",
         "--admin",
-        &format!("{}:9101", pgsvc_tests::agent_rig::LB),
+        &format!("{}:9102", pgsvc_tests::agent_rig::LB),
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).expect("status --json");
@@ -336,7 +336,7 @@ fn reload_moves_new_connections_keeps_other_flows_and_refuses_broken_inventories
     let (code, out, err) = rig.pgsvc_cli(&[
         "reload",
         "--admin",
-        &format!("{}:9101", pgsvc_tests::agent_rig::LB),
+        &format!("{}:9102", pgsvc_tests::agent_rig::LB),
     ]);
     assert_eq!(code, 0, "{out}{err}");
     rig.wait_for("5440 on pg-test-3", Duration::from_secs(6), |r| {
@@ -353,7 +353,7 @@ fn reload_moves_new_connections_keeps_other_flows_and_refuses_broken_inventories
     let (code, out, err) = rig.pgsvc_cli(&[
         "reload",
         "--admin",
-        &format!("{}:9101", pgsvc_tests::agent_rig::LB),
+        &format!("{}:9102", pgsvc_tests::agent_rig::LB),
     ]);
     assert_ne!(code, 0, "{out}");
     assert!(

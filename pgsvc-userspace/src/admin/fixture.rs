@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::status::{
-    CheckStatus, DatapathStatus, ReloadStatus, STATUS_SCHEMA, ServerStatus, ServiceStatus, Status,
+    CheckStatus, DatapathStatus, ProcessStatus, ReloadStatus, STATUS_SCHEMA, ServerStatus,
+    ServiceStatus, Status,
 };
 
 fn server(name: &str, addr: &str, state: &str) -> ServerStatus {
@@ -30,6 +31,7 @@ pub(crate) fn sample_status() -> Status {
             reason: "L7 OK".into(),
             code: Some(200),
             duration_ms: 2.0,
+            code_name: "L7OK".into(),
         }),
         checks_total: 500,
         check_failures_total: 1,
@@ -49,6 +51,7 @@ pub(crate) fn sample_status() -> Status {
             reason: "L7 status 503".into(),
             code: Some(503),
             duration_ms: 3.5,
+            code_name: "L7STS".into(),
         }),
         checks_total: 498,
         check_failures_total: 498,
@@ -91,6 +94,7 @@ pub(crate) fn sample_status() -> Status {
             reason: "L4 timeout".into(),
             code: None,
             duration_ms: 3000.0,
+            code_name: "L4TOUT".into(),
         }),
         check_failures_total: 9,
         check_up_down_total: 1,
@@ -107,6 +111,7 @@ pub(crate) fn sample_status() -> Status {
             reason: "L7 OK".into(),
             code: Some(200),
             duration_ms: 0.4,
+            code_name: "L7OK".into(),
         }),
         current_sessions: 1,
         sessions_total: 5,
@@ -156,6 +161,13 @@ pub(crate) fn sample_status() -> Status {
                 ("rst_no_flow".to_string(), 3),
                 ("pass".to_string(), 0),
             ]),
+        },
+        process: ProcessStatus {
+            cpu_seconds: 12.5,
+            idle_percent: 97.0,
+            nbthread: 2,
+            max_fds: 1024,
+            ..ProcessStatus::default()
         },
     }
 }

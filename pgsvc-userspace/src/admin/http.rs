@@ -177,6 +177,8 @@ pub struct Request {
     /// The path without its query string.
     pub path: String,
     pub content_length: usize,
+    /// The `Authorization` header, when sent.
+    pub authorization: Option<String>,
 }
 
 /// Reads one request head (and discards its body). The caller bounds the time it may take.
@@ -246,6 +248,7 @@ pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
     let path = target.split('?').next().unwrap_or(target).to_owned();
 
     let mut content_length: Option<usize> = None;
+    let mut authorization = None;
     for (count, line) in lines.enumerate() {
         if count >= MAX_HEADERS {
             return Err(RequestError::TooManyHeaders);
@@ -272,6 +275,8 @@ pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
                 ));
             }
             content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            authorization = Some(String::from_utf8_lossy(value).into_owned());
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             return Err(RequestError::Malformed(
                 "Transfer-Encoding is not supported",
@@ -286,6 +291,7 @@ pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
         method: method.to_owned(),
         path,
         content_length,
+        authorization,
     })
 }
 
@@ -356,6 +362,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// `Allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// 401 answers ask for basic auth (`WWW-Authenticate`).
+    pub challenge: bool,
 }
 
 pub const TEXT: &str = "text/plain; charset=utf-8";
@@ -369,6 +377,7 @@ impl Response {
             content_type,
             body: body.into(),
             allow: None,
+            challenge: false,
         }
     }
 
@@ -402,6 +411,9 @@ impl Response {
             out.push_str(allow);
             out.push_str("\r\n");
         }
+        if self.challenge {
+            out.push_str("WWW-Authenticate: Basic realm=\"pgsvc metrics\"\r\n");
+        }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
         if !head_only {
@@ -415,6 +427,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -446,7 +459,8 @@ mod tests {
             Request {
                 method: "GET".into(),
                 path: "/metrics".into(),
-                content_length: 0
+                content_length: 0,
+                authorization: None,
             }
         );
         let r = parse("POST /reload HTTP/1.1\r\nContent-Length:  12 \r\ncontent-length: 12")

@@ -1,5 +1,7 @@
-//! The admin API (default 127.0.0.1:9101): `/status` (the snapshot as JSON), `/metrics` (Prometheus
-//! text under HAProxy's exporter names), `/ready`, and `POST /reload`.
+//! The admin API (default 127.0.0.1:9102): `/status` (the snapshot as JSON), `/metrics` (Prometheus
+//! text under HAProxy's exporter names), `/ready`, and `POST /reload`; and the read-only metrics
+//! listener (default *:9101, where Pigsty scrapes HAProxy): `GET /metrics` only, with optional basic
+//! auth.
 //!
 //! It only reads the [`Status`] snapshot the agent publishes and forwards reloads over a channel, so
 //! a slow or hostile client can never stall the agent. The HTTP is hand-rolled and deliberately
@@ -21,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::{control::ReloadRequest, status::Status};
 
+pub mod auth;
 pub mod http;
 pub mod metrics;
 
@@ -29,6 +32,7 @@ pub(crate) mod fixture;
 #[cfg(test)]
 mod tests;
 
+pub use auth::BasicAuth;
 pub use metrics::render_metrics;
 
 use http::{Request, Response};
@@ -44,7 +48,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 struct Shared {
     status: Arc<RwLock<Status>>,
-    reload: mpsc::Sender<ReloadRequest>,
+    /// The admin API forwards reloads; the metrics listener has no sender and only reads.
+    reload: Option<mpsc::Sender<ReloadRequest>>,
+    auth: Option<BasicAuth>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` turns true (or its sender goes away).
@@ -52,9 +58,34 @@ pub async fn serve(
     listener: TcpListener,
     status: Arc<RwLock<Status>>,
     reload: mpsc::Sender<ReloadRequest>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let shared = Arc::new(Shared { status, reload });
+    let shared = Shared {
+        status,
+        reload: Some(reload),
+        auth: None,
+    };
+    serve_shared(listener, shared, shutdown).await;
+}
+
+/// Serves the read-only metrics listener (`GET /metrics` only, behind `auth` when set) until
+/// `shutdown` turns true.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    status: Arc<RwLock<Status>>,
+    auth: Option<BasicAuth>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let shared = Shared {
+        status,
+        reload: None,
+        auth,
+    };
+    serve_shared(listener, shared, shutdown).await;
+}
+
+async fn serve_shared(listener: TcpListener, shared: Shared, mut shutdown: watch::Receiver<bool>) {
+    let shared = Arc::new(shared);
     let slots = http::Connections::new(MAX_CONNECTIONS);
     let mut tasks = JoinSet::new();
     loop {
@@ -151,6 +182,9 @@ async fn drain(stream: &mut TcpStream) {
 
 async fn route(request: &Request, shared: &Shared) -> Response {
     let get = matches!(request.method.as_str(), "GET" | "HEAD");
+    let Some(reload_tx) = &shared.reload else {
+        return metrics_route(request, shared, get);
+    };
     match request.path.as_str() {
         "/status" | "/metrics" | "/ready" if !get => Response::method_not_allowed("GET, HEAD"),
         "/status" => status_json(&snapshot(&shared.status)),
@@ -167,11 +201,32 @@ async fn route(request: &Request, shared: &Shared) -> Response {
             }
         }
         "/reload" if request.method != "POST" => Response::method_not_allowed("POST"),
-        "/reload" => reload(&shared.reload).await,
+        "/reload" => reload(reload_tx).await,
         _ => Response::text(
             404,
             "not found; try /status, /metrics, /ready or POST /reload",
         ),
+    }
+}
+
+/// The metrics listener: `GET /metrics` and nothing else, credentials first when configured.
+fn metrics_route(request: &Request, shared: &Shared, get: bool) -> Response {
+    if let Some(auth) = &shared.auth
+        && !auth.accepts(request.authorization.as_deref())
+    {
+        return Response {
+            challenge: true,
+            ..Response::text(401, "authentication required")
+        };
+    }
+    match request.path.as_str() {
+        "/metrics" if !get => Response::method_not_allowed("GET, HEAD"),
+        "/metrics" => Response::new(
+            200,
+            http::PROMETHEUS,
+            render_metrics(&snapshot(&shared.status)),
+        ),
+        _ => Response::text(404, "not found; this listener serves GET /metrics only"),
     }
 }
 

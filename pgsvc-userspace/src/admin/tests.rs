@@ -690,3 +690,65 @@ async fn shutdown_already_set_returns_at_once() {
         .await
         .expect("returns at once");
 }
+
+// ---- the read-only metrics listener ----
+
+async fn start_metrics(auth: Option<BasicAuth>) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let status = Arc::new(RwLock::new(sample_status()));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    tokio::spawn(serve_metrics(listener, status, auth, shutdown_rx));
+    (addr, shutdown)
+}
+
+#[tokio::test]
+async fn the_metrics_listener_serves_get_metrics_only() {
+    let (addr, _shutdown) = start_metrics(None).await;
+    let a = get(addr, "/metrics").await;
+    assert_eq!(a.code, 200);
+    assert_eq!(a.header("content-type"), Some(http::PROMETHEUS));
+    let e = parse(&a.body);
+    assert!(e.families.contains_key("haproxy_process_idle_time_percent"));
+    // Nothing that changes state, and none of the admin routes.
+    for raw in [
+        &b"POST /reload HTTP/1.1\r\n\r\n"[..],
+        b"GET /reload HTTP/1.1\r\n\r\n",
+        b"GET /status HTTP/1.1\r\n\r\n",
+        b"GET /ready HTTP/1.1\r\n\r\n",
+    ] {
+        assert_eq!(exchange(addr, raw).await.code, 404, "{raw:?}");
+    }
+    let a = exchange(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!((a.code, a.header("allow")), (405, Some("GET, HEAD")));
+    let a = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!((a.code, a.body.as_str()), (200, ""));
+}
+
+#[tokio::test]
+async fn the_metrics_listener_asks_for_basic_auth() {
+    let auth = BasicAuth::parse("prom:s3cret").expect("credentials");
+    let (addr, _shutdown) = start_metrics(Some(auth)).await;
+    let a = get(addr, "/metrics").await;
+    assert_eq!(a.code, 401);
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some("Basic realm=\"pgsvc metrics\"")
+    );
+    // base64("prom:wrong"), then base64("prom:s3cret").
+    let wrong = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nAuthorization: Basic cHJvbTp3cm9uZw==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(wrong.code, 401);
+    let right = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nAuthorization: Basic cHJvbTpzM2NyZXQ=\r\n\r\n",
+    )
+    .await;
+    assert_eq!(right.code, 200);
+    assert!(right.body.contains("haproxy_server_status{"));
+}

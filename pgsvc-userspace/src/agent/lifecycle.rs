@@ -75,6 +75,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.admin)
         .await
         .with_context(|| format!("binding the admin API on {}", opts.admin))?;
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| {
+                    format!("binding the metrics listener on {addr} (move it with --metrics ADDR, or --metrics off)")
+                })?,
+        ),
+        None => None,
+    };
 
     let mut lo = LoadOptions::new(&opts.pin_dir, snat_addr);
     lo.max_flows = opts.max_flows;
@@ -127,14 +137,28 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         listener,
         agent.status_handle(),
         reload_tx,
-        shutdown_rx,
+        shutdown_rx.clone(),
     ));
     info!(addr = %opts.admin, "admin API listening");
+    let metrics_task = metrics_listener.map(|listener| {
+        tokio::spawn(admin::serve_metrics(
+            listener,
+            agent.status_handle(),
+            opts.metrics_auth.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
+    if let Some(addr) = opts.metrics {
+        info!(%addr, auth = opts.metrics_auth.is_some(), "metrics listening");
+    }
 
     let result = main_loop(&mut agent, &opts, events, reload_rx).await;
 
     let _ = shutdown_tx.send(true);
     let _ = admin_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     let (dp, monitor) = agent.into_parts();
     monitor.shutdown().await;
     if opts.keep {

@@ -32,6 +32,9 @@ pub use checks::Checks;
 pub use lifecycle::run;
 pub use reconcile::{Reconciler, Settings};
 
+/// Worker threads of the agent's async runtime (HAProxy's `nbthread` in `/metrics`).
+pub const WORKER_THREADS: usize = 2;
+
 /// Everything `pgsvc run` was asked to do.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -45,6 +48,9 @@ pub struct AgentOptions {
     pub snat_ports: std::ops::RangeInclusive<u16>,
     pub xdp_mode: AttachMode,
     pub admin: SocketAddr,
+    /// Read-only metrics listener (None: off) and its optional basic-auth credentials.
+    pub metrics: Option<SocketAddr>,
+    pub metrics_auth: Option<crate::admin::BasicAuth>,
     pub pin_dir: PathBuf,
     pub max_flows: u32,
     /// Leave program, link and maps pinned on exit, for the next agent to adopt.

@@ -11,8 +11,36 @@ use crate::{
     datapath::Datapath,
     health::HealthState,
     plan::{Balance, BindAddr, ServicePlan},
-    status::{CheckStatus, DatapathStatus, STATUS_SCHEMA, ServerStatus, ServiceStatus, Status},
+    status::{
+        CheckStatus, DatapathStatus, Peaks, ProcessStatus, STATUS_SCHEMA, ServerStatus,
+        ServiceStatus, Status,
+    },
 };
+
+/// CPU time (user + system) of this process so far, seconds (0 when the kernel will not say).
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// The soft open-file limit (0 when unknown or unlimited).
+pub fn max_fds() -> u64 {
+    // SAFETY: getrlimit only writes the struct it is given.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `rl` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0
+        || rl.rlim_cur == libc::RLIM_INFINITY
+    {
+        return 0;
+    }
+    rl.rlim_cur
+}
 
 pub fn unix_now() -> f64 {
     SystemTime::now()
@@ -24,16 +52,42 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
     /// Rebuilds the status snapshot the admin API serves.
     pub fn publish(&self, now: Instant) {
         let reasons = self.dp.reason_counts();
+        // The previous snapshot carries the peaks and rate windows forward.
+        let prev = match self.status.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        // Unix time on the monotonic clock the reconciler is driven by (tests inject it).
+        let wall =
+            self.identity.started_unix + now.saturating_duration_since(self.started).as_secs_f64();
+        let published = !prev.schema.is_empty();
         let mut services = Vec::with_capacity(self.services.len());
         for svc in &self.services {
-            services.push(self.service_status(svc, now));
+            let before = prev.services.iter().find(|p| p.name == svc.name);
+            services.push(self.service_status(svc, now, before, wall));
         }
+        let (current, total) = services.iter().fold((0, 0), |(c, t), s| {
+            (c + s.current_sessions, t + s.sessions_total)
+        });
+        let mut process = ProcessStatus::next(
+            published.then_some(&prev.process),
+            process_cpu_seconds(),
+            wall,
+            super::WORKER_THREADS as u32,
+            max_fds(),
+        );
+        process.peaks = Peaks::next(
+            published.then_some(&prev.process.peaks),
+            current,
+            total,
+            wall,
+        );
         let snapshot = Status {
             schema: STATUS_SCHEMA.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             started_at: self.identity.started_unix,
-            updated_at: unix_now(),
+            updated_at: wall,
             ready: self.ready,
             config: self.identity.config.clone(),
             clusters: self.plan.clusters.iter().map(|c| c.name.clone()).collect(),
@@ -51,6 +105,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                     .map(|(r, n)| (r.name().to_owned(), n))
                     .collect(),
             },
+            process,
         };
         match self.status.write() {
             Ok(mut s) => *s = snapshot,
@@ -58,7 +113,13 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         }
     }
 
-    fn service_status(&self, svc: &ServicePlan, now: Instant) -> ServiceStatus {
+    fn service_status(
+        &self,
+        svc: &ServicePlan,
+        now: Instant,
+        prev: Option<&ServiceStatus>,
+        wall: f64,
+    ) -> ServiceStatus {
         let b = self.balanced(svc, now);
         let applied = self.applied.get(&svc.name);
         let stats = self.dp.service_stats(&svc.name).unwrap_or_default();
@@ -110,6 +171,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                             Err(f) => f.to_string(),
                         },
                         code: c.haproxy_status().code,
+                        code_name: c.haproxy_status().code_name.to_owned(),
                         duration_ms: c.duration.as_secs_f64() * 1000.0,
                     }),
                     checks_total: h.checks_total,
@@ -124,10 +186,25 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                     bytes_in: st.bytes_in,
                     bytes_out: st.bytes_out,
                     rst_sent: st.rst_sent,
+                    peaks: Peaks::next(
+                        prev.and_then(|p| p.servers.iter().find(|v| v.name == srv.name))
+                            .map(|v| &v.peaks),
+                        conns.get(&srv.name).copied().unwrap_or(0),
+                        st.new_flows,
+                        wall,
+                    ),
                 }
             })
             .collect();
+        let current = self.dp.service_conns(&svc.name).unwrap_or(0);
+        let usable = b.counts.active + b.counts.backup > 0;
+        let was_usable = prev.is_some_and(|p| p.active_servers + p.backup_servers > 0);
         ServiceStatus {
+            peaks: Peaks::next(prev.map(|p| &p.peaks), current, stats.new_flows, wall),
+            down_transitions: prev.map_or(0, |p| p.down_transitions)
+                + u64::from(was_usable && !usable),
+            server_maxconn: svc.options.maxconn,
+            server_maxqueue: svc.options.maxqueue,
             name: svc.name.clone(),
             cluster: svc.cluster.clone(),
             ip: match svc.ip {
@@ -146,7 +223,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             active_servers: b.counts.active,
             backup_servers: b.counts.backup,
             using_backups: b.using_backups,
-            current_sessions: self.dp.service_conns(&svc.name).unwrap_or(0),
+            current_sessions: current,
             sessions_total: stats.new_flows,
             bytes_in: stats.bytes_in,
             bytes_out: stats.bytes_out,

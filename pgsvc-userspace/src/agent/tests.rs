@@ -1049,4 +1049,62 @@ fn the_local_scope_reaches_the_datapath_and_follows_address_changes() {
             Ipv4Addr::new(198, 18, 0, 3)
         ])
     );
+
+fn the_status_keeps_session_peaks_rates_and_backend_outages() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    let set = |h: &mut Harness, conns: u64, flows: u64| {
+        h.dp().open(PRIMARY, "pg-test-1", conns);
+        let traffic = TrafficStats {
+            new_flows: flows,
+            ..TrafficStats::default()
+        };
+        if let Some(s) = h.dp().services.get_mut(PRIMARY) {
+            s.traffic.insert("pg-test-1".to_owned(), traffic);
+            s.stats = traffic;
+        }
+    };
+    // The rate window opens at 1.5 s with no session yet.
+    set(&mut h, 0, 0);
+    h.rec.publish(h.at(1.5));
+    assert_eq!(h.status().services[0].peaks.last_session_at, None);
+    set(&mut h, 4, 10);
+    h.rec.publish(h.at(2.0));
+    set(&mut h, 9, 30);
+    h.rec.publish(h.at(3.5));
+    set(&mut h, 2, 30);
+    h.rec.publish(h.at(4.5));
+    let st = h.status();
+    let p = &st.services[0];
+    assert_eq!(p.name, PRIMARY);
+    // 30 sessions over the 2 s window 1.5..3.5, then a quiet second.
+    assert_eq!(
+        (
+            p.peaks.max_sessions,
+            p.peaks.session_rate,
+            p.peaks.max_session_rate
+        ),
+        (9, 0, 15)
+    );
+    assert_eq!(p.peaks.last_session_seconds(st.updated_at), 1.0);
+    let s1 = &p.servers[0];
+    assert_eq!((s1.peaks.max_sessions, s1.peaks.max_session_rate), (9, 15));
+    assert_eq!(st.process.peaks.max_session_rate, 15);
+    assert_eq!(st.process.nbthread, super::WORKER_THREADS as u32);
+    assert!((0.0..=100.0).contains(&st.process.idle_percent));
+    assert_eq!((p.server_maxconn, p.server_maxqueue), (3000, 128));
+    assert_eq!(p.down_transitions, 0);
+
+    // Every server of the service goes DOWN: one backend UP->DOWN transition, counted once.
+    for server in ["pg-test-1", "pg-test-2", "pg-test-3"] {
+        h.event(PRIMARY, server, HealthState::Up, HealthState::Down, 5.0);
+    }
+    h.rec.publish(h.at(5.5));
+    h.rec.publish(h.at(6.5));
+    let st = h.status();
+    assert_eq!(
+        st.services[0].active_servers + st.services[0].backup_servers,
+        0
+    );
+    assert_eq!(st.services[0].down_transitions, 1);
 }

@@ -32,9 +32,16 @@ pub struct RunArgs {
     /// XDP attach mode: auto tries native and falls back to generic (skb).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
-    /// Admin API (status, metrics, reload).
-    #[arg(long, default_value = "127.0.0.1:9101")]
+    /// Admin API (status, metrics, ready, POST /reload): keep it on localhost.
+    #[arg(long, default_value = "127.0.0.1:9102")]
     pub admin: SocketAddr,
+    /// Read-only metrics listener (GET /metrics only), where Pigsty scrapes HAProxy; `off` disables it.
+    #[arg(long, default_value = "0.0.0.0:9101", value_parser = parse_metrics_addr)]
+    pub metrics: MetricsAddr,
+    /// Basic auth for the metrics listener, like HAProxy's `stats auth`: `USER:PASS`, or `@FILE`
+    /// to read `USER:PASS` from the first line of FILE (keeps the password out of `ps`).
+    #[arg(long, value_name = "USER:PASS|@FILE")]
+    pub metrics_auth: Option<String>,
     /// Where maps and the XDP link are pinned (bpffs).
     #[arg(long, default_value = "/sys/fs/bpf/pgsvc")]
     pub pin_dir: PathBuf,
@@ -113,6 +120,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         snat_ports: args.snat_ports.0..=args.snat_ports.1,
         xdp_mode: args.xdp_mode,
         admin: args.admin,
+        metrics: args.metrics.0,
+        metrics_auth: match args.metrics_auth.as_deref() {
+            Some(spec) => Some(read_metrics_auth(spec)?),
+            None => None,
+        },
         pin_dir: args.pin_dir,
         max_flows: args.max_flows,
         keep: args.keep,
@@ -124,10 +136,78 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(agent::WORKER_THREADS)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(agent::run(opts))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--metrics`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
+        return Ok(MetricsAddr(None));
+    }
+    let s = s
+        .strip_prefix("*:")
+        .map_or_else(|| s.to_owned(), |port| format!("0.0.0.0:{port}"));
+    s.parse::<SocketAddr>()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|e| format!("{e}: expected IP:PORT, *:PORT or off"))
+}
+
+/// `--metrics-auth USER:PASS` or `@FILE` (first line of FILE).
+fn read_metrics_auth(spec: &str) -> anyhow::Result<crate::admin::BasicAuth> {
+    let text = match spec.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading --metrics-auth file {path}"))?,
+        None => spec.to_owned(),
+    };
+    let line = text.lines().next().unwrap_or("").trim();
+    crate::admin::BasicAuth::parse(line).map_err(|e| anyhow::anyhow!("--metrics-auth: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_addresses_parse_with_stars_and_off() {
+        let addr = |s: &str| parse_metrics_addr(s).map(|m| m.0);
+        assert_eq!(
+            addr("*:9101"),
+            Ok(Some("0.0.0.0:9101".parse().expect("addr")))
+        );
+        assert_eq!(
+            addr("198.18.0.2:9101"),
+            Ok(Some("198.18.0.2:9101".parse().expect("addr")))
+        );
+        assert_eq!(
+            addr("[::]:9101"),
+            Ok(Some("[::]:9101".parse().expect("addr")))
+        );
+        assert_eq!(addr("off"), Ok(None));
+        assert!(addr("9101").is_err());
+        assert!(addr("*:http").is_err());
+    }
+
+    #[test]
+    fn metrics_auth_reads_a_file_or_the_argument() {
+        let dir = std::env::temp_dir().join(format!("pgsvc-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("auth");
+        std::fs::write(&file, "prom:s3cret\n").expect("auth file");
+        let from_file = read_metrics_auth(&format!("@{}", file.display())).expect("file");
+        assert!(from_file.accepts(Some("Basic cHJvbTpzM2NyZXQ=")));
+        let inline = read_metrics_auth("prom:s3cret").expect("inline");
+        assert_eq!(inline, from_file);
+        let missing = read_metrics_auth(&format!("@{}", dir.join("nope").display()));
+        assert!(missing.is_err());
+        assert!(read_metrics_auth("nocolon").is_err());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

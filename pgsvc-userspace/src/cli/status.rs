@@ -12,7 +12,7 @@ use clap::Args;
 
 use crate::status::{STATUS_SCHEMA, ServerStatus, ServiceStatus, Status};
 
-const DEFAULT_ADMIN: &str = "127.0.0.1:9101";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9102";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {

@@ -9,20 +9,21 @@ use std::fmt::Write as _;
 
 use crate::status::{ServerStatus, ServiceStatus, Status};
 
-/// HAProxy's server states, as its exporter's `haproxy_server_status` state-set lists them.
-pub const SERVER_STATES: [&str; 5] = ["UP", "DOWN", "MAINT", "DRAIN", "NOLB"];
-/// States of `haproxy_backend_status`.
-pub const BACKEND_STATES: [&str; 2] = ["UP", "DOWN"];
+mod haproxy;
+#[cfg(test)]
+mod tests;
+
+pub use haproxy::{BACKEND_STATES, CHECK_STATES, SERVER_STATES};
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Gauge,
     Counter,
 }
 
 /// A sample value: integers stay exact (byte counters pass 2^53 long before they wrap).
 #[derive(Clone, Copy, Debug)]
-enum Num {
+pub(super) enum Num {
     Int(u64),
     Float(f64),
 }
@@ -51,14 +52,14 @@ impl From<f64> for Num {
     }
 }
 
-type Labels<'a> = Vec<(&'static str, &'a str)>;
+pub(super) type Labels<'a> = Vec<(&'static str, &'a str)>;
 
-struct Exposition {
+pub(super) struct Exposition {
     out: String,
 }
 
 impl Exposition {
-    fn family<'a>(
+    pub(super) fn family<'a>(
         &mut self,
         name: &str,
         kind: Kind,
@@ -94,7 +95,7 @@ impl Exposition {
     }
 
     /// One sample without labels.
-    fn single(&mut self, name: &str, kind: Kind, help: &str, value: Num) {
+    pub(super) fn single(&mut self, name: &str, kind: Kind, help: &str, value: Num) {
         self.family(name, kind, help, [(Vec::new(), value)]);
     }
 }
@@ -130,142 +131,6 @@ fn escape_help(text: &str) -> String {
 
 type ServiceField = fn(&ServiceStatus) -> Num;
 type ServerField = fn(&ServerStatus) -> Num;
-
-const FRONTEND: &[(&str, Kind, &str, ServiceField)] = &[
-    (
-        "haproxy_frontend_current_sessions",
-        Kind::Gauge,
-        "Number of current sessions.",
-        |s| s.current_sessions.into(),
-    ),
-    (
-        "haproxy_frontend_limit_sessions",
-        Kind::Gauge,
-        "Configured session limit (maxconn).",
-        |s| s.maxconn.into(),
-    ),
-    (
-        "haproxy_frontend_sessions_total",
-        Kind::Counter,
-        "Total number of sessions.",
-        |s| s.sessions_total.into(),
-    ),
-    (
-        "haproxy_frontend_bytes_in_total",
-        Kind::Counter,
-        "Current total of incoming bytes.",
-        |s| s.bytes_in.into(),
-    ),
-    (
-        "haproxy_frontend_bytes_out_total",
-        Kind::Counter,
-        "Current total of outgoing bytes.",
-        |s| s.bytes_out.into(),
-    ),
-];
-
-const BACKEND: &[(&str, Kind, &str, ServiceField)] = &[
-    (
-        "haproxy_backend_active_servers",
-        Kind::Gauge,
-        "Current number of active servers.",
-        |s| s.active_servers.into(),
-    ),
-    (
-        "haproxy_backend_backup_servers",
-        Kind::Gauge,
-        "Current number of backup servers.",
-        |s| s.backup_servers.into(),
-    ),
-    (
-        "haproxy_backend_weight",
-        Kind::Gauge,
-        "Total effective weight of the servers in the active set.",
-        |s| {
-            s.servers
-                .iter()
-                .filter(|v| v.active)
-                .map(|v| u64::from(v.effective_weight))
-                .sum::<u64>()
-                .into()
-        },
-    ),
-    (
-        "haproxy_backend_current_sessions",
-        Kind::Gauge,
-        "Number of current sessions.",
-        |s| s.current_sessions.into(),
-    ),
-    (
-        "haproxy_backend_sessions_total",
-        Kind::Counter,
-        "Total number of sessions.",
-        |s| s.sessions_total.into(),
-    ),
-    (
-        "haproxy_backend_bytes_in_total",
-        Kind::Counter,
-        "Current total of incoming bytes.",
-        |s| s.bytes_in.into(),
-    ),
-    (
-        "haproxy_backend_bytes_out_total",
-        Kind::Counter,
-        "Current total of outgoing bytes.",
-        |s| s.bytes_out.into(),
-    ),
-];
-
-const SERVER: &[(&str, Kind, &str, ServerField)] = &[
-    (
-        "haproxy_server_current_sessions",
-        Kind::Gauge,
-        "Number of current sessions.",
-        |v| v.current_sessions.into(),
-    ),
-    (
-        "haproxy_server_sessions_total",
-        Kind::Counter,
-        "Total number of sessions.",
-        |v| v.sessions_total.into(),
-    ),
-    (
-        "haproxy_server_bytes_in_total",
-        Kind::Counter,
-        "Current total of incoming bytes.",
-        |v| v.bytes_in.into(),
-    ),
-    (
-        "haproxy_server_bytes_out_total",
-        Kind::Counter,
-        "Current total of outgoing bytes.",
-        |v| v.bytes_out.into(),
-    ),
-    (
-        "haproxy_server_weight",
-        Kind::Gauge,
-        "Server's effective weight.",
-        |v| v.effective_weight.into(),
-    ),
-    (
-        "haproxy_server_check_failures_total",
-        Kind::Counter,
-        "Total number of failed individual health checks.",
-        |v| v.check_failures_total.into(),
-    ),
-    (
-        "haproxy_server_check_up_down_total",
-        Kind::Counter,
-        "Total number of failed checks causing UP to DOWN server transitions.",
-        |v| v.check_up_down_total.into(),
-    ),
-    (
-        "haproxy_server_downtime_seconds_total",
-        Kind::Counter,
-        "Total downtime (in seconds) for the service.",
-        |v| v.downtime_seconds.into(),
-    ),
-];
 
 const PGSVC_SERVICE: &[(&str, Kind, &str, ServiceField)] = &[
     (
@@ -321,7 +186,7 @@ const PGSVC_SERVER: &[(&str, Kind, &str, ServerField)] = &[
     ),
 ];
 
-fn proxy(s: &ServiceStatus) -> Labels<'_> {
+pub(super) fn proxy(s: &ServiceStatus) -> Labels<'_> {
     vec![("proxy", s.name.as_str())]
 }
 
@@ -330,7 +195,7 @@ fn per_service(s: &Status, field: ServiceField) -> impl Iterator<Item = (Labels<
 }
 
 /// Every (service, server) pair, with its labels.
-fn servers(s: &Status) -> impl Iterator<Item = (Labels<'_>, &ServerStatus)> {
+pub(super) fn servers(s: &Status) -> impl Iterator<Item = (Labels<'_>, &ServerStatus)> {
     s.services.iter().flat_map(|svc| {
         svc.servers.iter().map(move |v| {
             (
@@ -347,7 +212,7 @@ fn per_server(s: &Status, field: ServerField) -> impl Iterator<Item = (Labels<'_
 
 /// A state-set: one series per state, 1 for the current one. A state outside the set (UNKNOWN,
 /// before the first check) gives 0 everywhere.
-fn state_set<'a>(
+pub(super) fn state_set<'a>(
     labels: Labels<'a>,
     states: &'static [&'static str],
     current: &str,
@@ -367,88 +232,12 @@ pub fn render_metrics(s: &Status) -> String {
     let mut e = Exposition {
         out: String::with_capacity(16 * 1024),
     };
-    process(&mut e, s);
-    for &(name, kind, help, field) in FRONTEND {
-        e.family(name, kind, help, per_service(s, field));
-    }
-    backend(&mut e, s);
-    server(&mut e, s);
+    haproxy::process(&mut e, s);
+    haproxy::frontend(&mut e, s);
+    haproxy::backend(&mut e, s);
+    haproxy::server(&mut e, s);
     pgsvc(&mut e, s);
     e.out
-}
-
-fn process(e: &mut Exposition, s: &Status) {
-    e.single(
-        "haproxy_process_start_time_seconds",
-        Kind::Gauge,
-        "Start time in seconds.",
-        s.started_at.into(),
-    );
-    e.single(
-        "haproxy_process_uptime_seconds",
-        Kind::Gauge,
-        "How long ago this process was started (seconds).",
-        (s.updated_at - s.started_at).max(0.0).into(),
-    );
-    e.single(
-        "haproxy_process_current_connections",
-        Kind::Gauge,
-        "Number of active sessions.",
-        s.services
-            .iter()
-            .map(|svc| svc.current_sessions)
-            .sum::<u64>()
-            .into(),
-    );
-}
-
-fn backend(e: &mut Exposition, s: &Status) {
-    e.family(
-        "haproxy_backend_status",
-        Kind::Gauge,
-        "Current status of the service (UP when a server is usable).",
-        s.services.iter().flat_map(|svc| {
-            let up = svc.active_servers + svc.backup_servers > 0;
-            state_set(proxy(svc), &BACKEND_STATES, if up { "UP" } else { "DOWN" })
-        }),
-    );
-    for &(name, kind, help, field) in BACKEND {
-        e.family(name, kind, help, per_service(s, field));
-    }
-}
-
-fn server(e: &mut Exposition, s: &Status) {
-    e.family(
-        "haproxy_server_status",
-        Kind::Gauge,
-        "Current status of the service, per state label value.",
-        servers(s).flat_map(|(labels, v)| state_set(labels, &SERVER_STATES, &v.state)),
-    );
-    for &(name, kind, help, field) in SERVER {
-        e.family(name, kind, help, per_server(s, field));
-    }
-    e.family(
-        "haproxy_server_check_last_change_seconds",
-        Kind::Gauge,
-        "How long ago the last server state changed, in seconds.",
-        servers(s).filter_map(|(labels, v)| Some((labels, v.last_change_seconds?.into()))),
-    );
-    e.family(
-        "haproxy_server_check_duration_seconds",
-        Kind::Gauge,
-        "Total duration of the latest server health check, in seconds.",
-        servers(s).filter_map(|(labels, v)| {
-            Some((labels, (v.last_check.as_ref()?.duration_ms / 1000.0).into()))
-        }),
-    );
-    e.family(
-        "haproxy_server_check_code",
-        Kind::Gauge,
-        "layer5-7 code, if available of the last health check.",
-        servers(s).filter_map(|(labels, v)| {
-            Some((labels, u64::from(v.last_check.as_ref()?.code?).into()))
-        }),
-    );
 }
 
 fn pgsvc(e: &mut Exposition, s: &Status) {
