@@ -7,6 +7,7 @@
 //! appearance in the file). Every value keeps its source position so later stages can say
 //! file:line:column. Nothing here knows what a PostgreSQL service is — that is `plan`.
 
+pub mod haproxy;
 pub mod yaml;
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,9 @@ pub enum WarningKind {
     EmptyService,
     /// An inventory `pg_role` other than primary, replica or offline.
     UnknownRole,
+    /// An HAProxy directive or section outside the subset that is safe to ignore (logging,
+    /// process settings, the HTTP stats/exporter proxy).
+    IgnoredDirective,
 }
 
 impl WarningKind {
