@@ -34,6 +34,7 @@
 //! list, a hostname instead of an address, quoting, …) is an error naming file:line and the directive.
 
 pub mod parse;
+mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
