@@ -230,6 +230,12 @@ fn hand_written_conf_d_with_check_ssl_is_read_as_written() {
             ("pg-test-2", true, 8008, 50, true)
         ]
     );
+    // Checks verify with the CA the `check-ssl` servers name when `--ca-file` is not given.
+    let source = plan::ConfigSource::Haproxy(vec![dir.0.join("haproxy.cfg"), confd.clone()]);
+    assert_eq!(
+        source.haproxy_ca_file(),
+        Some(PathBuf::from("/pg/cert/ca.crt"))
+    );
     // The stats page and the process/logging lines are warned about, not errors.
     let ignored = warnings
         .iter()

@@ -105,7 +105,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
 
     let (mut monitor, events) = HealthMonitor::new(TlsSettings {
-        ca_file: opts.ca_file.clone(),
+        // `--ca-file` wins; with HAProxy files, the `ca-file` their `check-ssl` servers name.
+        ca_file: opts
+            .ca_file
+            .clone()
+            .or_else(|| opts.source.haproxy_ca_file()),
         verify_hostname: false,
     });
     monitor.set_burst(opts.check_burst.map(|interval| Burst { interval }));

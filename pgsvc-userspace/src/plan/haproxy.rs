@@ -293,3 +293,66 @@ fn service(
         allbackups: listen.allbackups,
     })
 }
+
+#[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on an unexpected error"
+)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> Plan {
+        let (config, _) = haproxy::parse_sources(&[("t.cfg", text)], "t.cfg").unwrap();
+        plan_from_haproxy(&config, None, Vec::new()).unwrap().0
+    }
+
+    const HEAD: &str = "listen pg-a-b-primary\n    bind *:5433\n    option httpchk\n    http-check send meth OPTIONS uri /primary\n";
+
+    #[test]
+    fn cluster_comes_from_server_names_then_known_clusters_then_last_dash() {
+        let text = format!(
+            "{HEAD}    server pg-a-b-1 198.18.0.11:6432 check port 8008\n\
+             listen pg-a-b-my-svc\n    bind *:5440\n    option httpchk\n    http-check send meth OPTIONS uri /\n\
+             listen solo-x\n    bind *:5441\n    option httpchk\n    http-check send meth OPTIONS uri /\n"
+        );
+        let p = plan(&text);
+        let names: Vec<(&str, Vec<&str>)> = p
+            .clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.services.iter().map(|s| s.short_name.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [("pg-a-b", vec!["primary", "my-svc"]), ("solo", vec!["x"])]
+        );
+        let i = &p.clusters[0].instances[0];
+        assert_eq!(
+            (i.name.as_str(), i.seq, i.patroni_port),
+            ("pg-a-b-1", 1, 8008)
+        );
+    }
+
+    #[test]
+    fn haproxy_defaults_apply_without_explicit_values() {
+        let text = format!(
+            "global\n    maxconn 777\ndefaults\n    balance leastconn\n    default-server inter 4s weight 7\n{HEAD}    default-server fall 5\n    server pg-a-b-1 198.18.0.11:6432 check\n"
+        );
+        let s = &plan(&text).clusters[0].services[0];
+        assert_eq!(s.maxconn, 777);
+        assert_eq!(s.balance, Balance::LeastConn);
+        assert_eq!(s.options_line, "inter 4s weight 7 fall 5");
+        assert_eq!(
+            (s.options.fall, s.options.check_timeout),
+            (5, s.options.inter)
+        );
+        // No `port`: HAProxy checks the server's own port; no `weight`: the default-server's.
+        assert_eq!((s.servers[0].check_port, s.servers[0].weight), (6432, 7));
+        assert_eq!(s.dest, "6432");
+    }
+}

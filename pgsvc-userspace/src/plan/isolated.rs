@@ -61,6 +61,24 @@ impl ConfigSource {
     }
 }
 
+impl ConfigSource {
+    /// The first `ca-file` of a `check-ssl` server in HAProxy files (read once, at start), for
+    /// checks when `--ca-file` is not given. `None` for an inventory or unreadable files.
+    pub fn haproxy_ca_file(&self) -> Option<PathBuf> {
+        let ConfigSource::Haproxy(paths) = self else {
+            return None;
+        };
+        let (config, _) = crate::config::haproxy::load(paths).ok()?;
+        config
+            .listens
+            .iter()
+            .flat_map(|l| &l.servers)
+            .find(|s| s.check_tls)
+            .and_then(|s| s.ca_file.as_ref())
+            .map(PathBuf::from)
+    }
+}
+
 impl fmt::Display for ConfigSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
