@@ -182,7 +182,7 @@ fn pgsvc(args: &[&str]) -> Output {
         .expect("run pgsvc")
 }
 
-const MAIN_CFG: &str = "global\n    log stdout format iso local0 info\n    stats socket /run/haproxy.sock mode 600 level admin\n    maxconn 65535\n\ndefaults\n    mode tcp\n    log global\n    option dontlognull\n    retries 3\n    timeout connect 3s\n    timeout client 24h\n    timeout server 24h\n    timeout check 2500ms\n\nlisten stats\n    bind *:9101\n    mode http\n    http-request use-service prometheus-exporter if { path /metrics }\n    stats enable\n";
+const MAIN_CFG: &str = "global\n    log stdout format iso local0 info\n    stats socket /run/haproxy.sock mode 600 level admin\n    maxconn 65535\n\ndefaults\n    mode tcp\n    log global\n    option dontlognull\n    retries 3\n    timeout connect 3s\n    timeout client 24h\n    timeout server 24h\n    timeout check 2500ms\n\nlisten stats\n    bind *:9101\n    mode http\n    http-request use-service prometheus-exporter if { path /metrics }\n    stats enable\n    stats realm \"pgsvc stats\"\n";
 
 const TLS_LISTEN: &str = "listen pg-test-primary\n    bind 198.18.0.2:5433\n    mode tcp\n    maxconn 5000\n    balance roundrobin\n    option httpchk\n    option http-keep-alive\n    http-check send meth OPTIONS uri /primary\n    http-check expect status 200\n    default-server inter 3s fastinter 1s downinter 5s rise 3 fall 3 on-marked-down shutdown-sessions slowstart 30s maxconn 3000 maxqueue 128 weight 100\n    server pg-test-1 198.18.0.11:6432 check-ssl ca-file /pg/cert/ca.crt check port 8008 weight 100\n    server pg-test-2 198.18.0.12:6432 check-ssl ca-file /pg/cert/ca.crt check port 8008 weight 50 backup\n";
 

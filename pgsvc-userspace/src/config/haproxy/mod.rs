@@ -91,6 +91,9 @@ impl HaproxyError {
 pub struct Line {
     pub at: Location,
     pub words: Vec<String>,
+    /// The line has quotes or backslashes: refused wherever it is interpreted (an ignored section
+    /// such as the stats page may have them).
+    pub quoted: bool,
 }
 
 impl Line {
@@ -183,7 +186,7 @@ pub fn parse_sources(
 ) -> Result<(HaproxyConfig, Vec<Warning>), HaproxyError> {
     let mut reader = parse::Reader::default();
     for (file, text) in sources {
-        reader.file(&tokenize(file, text)?)?;
+        reader.file(&tokenize(file, text))?;
     }
     reader.finish(names)
 }
@@ -205,11 +208,9 @@ fn read_bounded(path: &Path) -> Result<String, HaproxyError> {
 }
 
 /// Cuts a file into lines of words. `#` starts a comment; quotes and backslash escapes are outside
-/// the subset (Pigsty writes none) and refused rather than misread.
-///
-/// # Errors
-/// [`HaproxyError::Directive`] for a line with quoting.
-pub fn tokenize(file: &str, text: &str) -> Result<Vec<Line>, HaproxyError> {
+/// the subset (Pigsty writes none in its services) and are marked, to be refused rather than misread
+/// wherever a line is interpreted.
+pub fn tokenize(file: &str, text: &str) -> Vec<Line> {
     let file: Arc<str> = Arc::from(file);
     let mut lines = Vec::new();
     for (n, raw) in text.lines().enumerate() {
@@ -226,13 +227,9 @@ pub fn tokenize(file: &str, text: &str) -> Result<Vec<Line>, HaproxyError> {
                 column: u32::try_from(column).unwrap_or(u32::MAX),
             },
             words,
+            quoted: content.contains(['"', '\'', '\\']),
         };
-        if content.contains(['"', '\'', '\\']) {
-            return Err(line.error(
-                "quotes and backslash escapes are not supported (pgsvc reads the subset Pigsty writes)",
-            ));
-        }
         lines.push(line);
     }
-    Ok(lines)
+    lines
 }

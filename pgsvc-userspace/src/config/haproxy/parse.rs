@@ -176,17 +176,21 @@ impl Reader {
 
     fn section(&mut self, head: &Line, body: &[Line]) -> Result<(), HaproxyError> {
         let kind = head.words[0].as_str();
+        let interpreted = match kind {
+            "global" | "defaults" => true,
+            "listen" | "frontend" | "backend" => !self.is_http(body),
+            _ => false,
+        };
+        if interpreted && let Some(line) = std::iter::once(head).chain(body).find(|l| l.quoted) {
+            return Err(line.error(
+                "quotes and backslash escapes are not supported (pgsvc reads the subset Pigsty writes)",
+            ));
+        }
         match kind {
             "global" => self.global(body),
             "defaults" => self.defaults_section(head, body),
             "listen" | "frontend" | "backend" => {
-                let mode = body
-                    .iter()
-                    .rev()
-                    .find(|l| l.words[0] == "mode")
-                    .map(|l| l.words.get(1).map_or("", String::as_str));
-                let http = mode.map_or(self.defaults.http, |m| m == "http");
-                if http {
+                if self.is_http(body) {
                     self.ignore(
                         head,
                         "an HTTP proxy (the stats page or exporter): pgsvc serves /metrics itself",
@@ -205,6 +209,16 @@ impl Reader {
                 Ok(())
             }
         }
+    }
+
+    /// Whether a proxy section is in `mode http` (its own `mode`, else its defaults').
+    fn is_http(&self, body: &[Line]) -> bool {
+        body.iter()
+            .rev()
+            .find(|l| l.words[0] == "mode")
+            .map_or(self.defaults.http, |l| {
+                l.words.get(1).is_some_and(|m| m == "http")
+            })
     }
 
     fn global(&mut self, body: &[Line]) -> Result<(), HaproxyError> {
