@@ -165,22 +165,25 @@ impl AgentRig {
             .open(&self.log)
             .expect("log file");
         let mut cmd = Command::new(pgsvc_bin());
-        cmd.args(["--netns", self.lb_ns(), "run", "--config"])
-            .arg(&self.config)
-            .args([
-                "--iface",
-                "eth0",
-                "--vip",
-                &format!("{VIP}/24"),
-                "--xdp-mode",
-                "native",
-            ])
-            .args(["--admin", &format!("{LB}:{ADMIN_PORT}"), "--pin-dir"])
-            .arg(self.pins.path())
-            .args(["--log", "info"])
-            .args(&self.agent_args)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+        cmd.args(["--netns", self.lb_ns(), "run"]);
+        // A test that gives its own `--haproxy-config` does not also get the inventory.
+        if !self.agent_args.iter().any(|a| a == "--haproxy-config") {
+            cmd.arg("--config").arg(&self.config);
+        }
+        cmd.args([
+            "--iface",
+            "eth0",
+            "--vip",
+            &format!("{VIP}/24"),
+            "--xdp-mode",
+            "native",
+        ])
+        .args(["--admin", &format!("{LB}:{ADMIN_PORT}"), "--pin-dir"])
+        .arg(self.pins.path())
+        .args(["--log", "info"])
+        .args(&self.agent_args)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
         self.agent = Some(ChildGuard::spawn(cmd));
         self.wait_ready(Duration::from_secs(20));
     }

@@ -23,7 +23,7 @@ use crate::{
     control::ReloadRequest,
     datapath::{LoadOptions, XdpDatapath, neigh},
     health::{Burst, HealthEvent, HealthMonitor, TlsSettings},
-    notify, plan,
+    notify,
 };
 
 type Agent = Reconciler<XdpDatapath, HealthMonitor>;
@@ -34,9 +34,11 @@ type Agent = Reconciler<XdpDatapath, HealthMonitor>;
 /// Invalid inventory, unknown interface, BPF or XDP refused — each with its reason, before or
 /// instead of touching traffic.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    let (plan, warnings) = plan::load_plan_isolated(&opts.config, opts.cluster.as_deref())
+    let (plan, warnings) = opts
+        .source
+        .load_isolated(opts.cluster.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("the inventory is not valid; nothing was changed")?;
+        .context("the configuration is not valid; nothing was changed")?;
     for w in &warnings {
         warn!("{w}");
     }
@@ -114,13 +116,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
 
     let (mut monitor, events) = HealthMonitor::new(TlsSettings {
-        ca_file: opts.ca_file.clone(),
+        // `--ca-file` wins; with HAProxy files, the `ca-file` their `check-ssl` servers name.
+        ca_file: opts
+            .ca_file
+            .clone()
+            .or_else(|| opts.source.haproxy_ca_file()),
         verify_hostname: false,
     });
     monitor.set_burst(opts.check_burst.map(|interval| Burst { interval }));
     let identity = Identity {
         started_unix: unix_now(),
-        config: opts.config.display().to_string(),
+        config: opts.source.to_string(),
         iface: opts.iface.clone(),
         xdp_mode: mode,
         snat_addr,
@@ -192,7 +198,7 @@ async fn main_loop(
     let mut settle = tokio::time::interval(Duration::from_millis(100));
     let mut ticks: u32 = 0;
     // On a worker with its own big stack, panics caught: a hostile inventory cannot take the agent down.
-    let reread = || plan::load_plan_isolated(&opts.config, opts.cluster.as_deref());
+    let reread = || opts.source.load_isolated(opts.cluster.as_deref());
     let mut notified_ready = false;
     loop {
         tokio::select! {

@@ -38,7 +38,8 @@ pub const WORKER_THREADS: usize = 2;
 /// Everything `pgsvc run` was asked to do.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    pub config: PathBuf,
+    /// The inventory or HAProxy files, re-read on reload.
+    pub source: crate::plan::ConfigSource,
     pub cluster: Option<String>,
     pub iface: String,
     /// Address (and prefix) to add to the interface while running.

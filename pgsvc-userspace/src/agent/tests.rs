@@ -1049,7 +1049,9 @@ fn the_local_scope_reaches_the_datapath_and_follows_address_changes() {
             Ipv4Addr::new(198, 18, 0, 3)
         ])
     );
+}
 
+#[test]
 fn the_status_keeps_session_peaks_rates_and_backend_outages() {
     let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
     h.ready();

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
-use super::InventoryArgs;
+use super::SourceArgs;
 use crate::plan::options::haproxy_time;
 use crate::plan::{
     self, Balance, BindAddr, ClusterPlan, Location, Plan, ServerOptions, ServicePlan, Warning,
@@ -20,7 +20,7 @@ use crate::plan::{
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub inventory: InventoryArgs,
+    pub inventory: SourceArgs,
     /// Machine-readable output (stable; see docs/check-json.md).
     #[arg(long)]
     pub json: bool,
@@ -31,9 +31,9 @@ pub struct CheckArgs {
 /// # Errors
 /// Never for bad input (that is reported and turned into exit status 1); only if stdout fails.
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let file = args.inventory.config.display().to_string();
-    let result =
-        plan::load_plan_isolated(&args.inventory.config, args.inventory.cluster.as_deref());
+    let source = args.inventory.source();
+    let file = source.to_string();
+    let result = source.load_isolated(args.inventory.cluster.as_deref());
     let (plan, warnings, error) = match result {
         Ok((plan, warnings)) => (Some(plan), warnings, None),
         Err(err) => (None, Vec::new(), Some(err)),

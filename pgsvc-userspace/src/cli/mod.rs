@@ -90,6 +90,33 @@ pub struct InventoryArgs {
     pub cluster: Option<String>,
 }
 
+/// Where `run` and `check` read their services: a Pigsty inventory, or the HAProxy configuration
+/// Pigsty renders on each node.
+#[derive(Debug, Args, Clone)]
+pub struct SourceArgs {
+    /// Pigsty inventory (YAML).
+    #[arg(long, short = 'c', required_unless_present = "haproxy_config")]
+    pub config: Option<PathBuf>,
+    /// HAProxy configuration file or directory (its `*.cfg` files in lexical order), repeatable and
+    /// read in the order given, e.g. `--haproxy-config /etc/haproxy/haproxy.cfg --haproxy-config
+    /// /etc/haproxy/conf.d`. Only the subset Pigsty writes is read (see the README).
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub haproxy_config: Vec<PathBuf>,
+    /// Only this cluster (`pg_cluster`, or the cluster part of the listen names); all when absent.
+    #[arg(long)]
+    pub cluster: Option<String>,
+}
+
+impl SourceArgs {
+    /// The source the flags name (clap guarantees exactly one kind).
+    pub fn source(&self) -> crate::plan::ConfigSource {
+        match &self.config {
+            Some(path) => crate::plan::ConfigSource::Inventory(path.clone()),
+            None => crate::plan::ConfigSource::Haproxy(self.haproxy_config.clone()),
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {

@@ -10,12 +10,12 @@ use crate::{
     datapath::{AttachMode, Timeouts},
 };
 
-use super::InventoryArgs;
+use super::SourceArgs;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub inventory: InventoryArgs,
+    pub inventory: SourceArgs,
     /// Interface clients and servers are reached on (XDP attaches here).
     #[arg(long)]
     pub iface: String,
@@ -112,7 +112,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bail!("pgsvc run needs root (BPF, XDP, interface addresses)");
     }
     let opts = AgentOptions {
-        config: args.inventory.config,
+        source: args.inventory.source(),
         cluster: args.inventory.cluster,
         iface: args.iface,
         vip: args.vip,

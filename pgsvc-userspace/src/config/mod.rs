@@ -8,6 +8,7 @@
 //! file:line:column. Nothing here knows what a PostgreSQL service is — that is `plan`.
 
 mod groups;
+pub mod haproxy;
 pub mod yaml;
 
 use std::fmt;
@@ -50,6 +51,9 @@ pub enum WarningKind {
     EmptyService,
     /// An inventory `pg_role` other than primary, replica or offline.
     UnknownRole,
+    /// An HAProxy directive or section outside the subset that is safe to ignore (logging,
+    /// process settings, the HTTP stats/exporter proxy).
+    IgnoredDirective,
 }
 
 impl WarningKind {

@@ -6,9 +6,10 @@
 //! own with a large stack, and a panic there (a defect in pgsvc or in a parser it uses) comes back
 //! as [`PlanError::Internal`] instead of unwinding through the caller.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
-use super::{Plan, PlanError, Warning, load_plan};
+use super::{Plan, PlanError, Warning, load_haproxy_plan, load_plan};
 
 /// Stack of the planning thread: far above what the bounded parsers need (well under 1 MiB), so
 /// that an unforeseen deep recursion still ends as an error rather than a crash. It is virtual
@@ -26,9 +27,75 @@ pub fn load_plan_isolated(
     path: &Path,
     cluster: Option<&str>,
 ) -> Result<(Plan, Vec<Warning>), PlanError> {
-    let file = path.display().to_string();
     let path = path.to_owned();
     let cluster = cluster.map(str::to_owned);
+    isolate(path.display().to_string(), move || {
+        load_plan(&path, cluster.as_deref())
+    })
+}
+
+/// Where the plan comes from: a Pigsty inventory (`--config`) or HAProxy files and directories
+/// (`--haproxy-config`). The agent re-reads the same source on reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    Inventory(PathBuf),
+    Haproxy(Vec<PathBuf>),
+}
+
+impl ConfigSource {
+    /// Reads and resolves the source on the isolated planning thread (see [`load_plan_isolated`]).
+    ///
+    /// # Errors
+    /// As [`load_plan`] or [`load_haproxy_plan`], plus [`PlanError::Internal`].
+    pub fn load_isolated(&self, cluster: Option<&str>) -> Result<(Plan, Vec<Warning>), PlanError> {
+        match self {
+            ConfigSource::Inventory(path) => load_plan_isolated(path, cluster),
+            ConfigSource::Haproxy(paths) => {
+                let paths = paths.clone();
+                let cluster = cluster.map(str::to_owned);
+                isolate(self.to_string(), move || {
+                    load_haproxy_plan(&paths, cluster.as_deref())
+                })
+            }
+        }
+    }
+}
+
+impl ConfigSource {
+    /// The first `ca-file` of a `check-ssl` server in HAProxy files (read once, at start), for
+    /// checks when `--ca-file` is not given. `None` for an inventory or unreadable files.
+    pub fn haproxy_ca_file(&self) -> Option<PathBuf> {
+        let ConfigSource::Haproxy(paths) = self else {
+            return None;
+        };
+        let (config, _) = crate::config::haproxy::load(paths).ok()?;
+        config
+            .listens
+            .iter()
+            .flat_map(|l| &l.servers)
+            .find(|s| s.check_tls)
+            .and_then(|s| s.ca_file.as_ref())
+            .map(PathBuf::from)
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Inventory(path) => write!(f, "{}", path.display()),
+            ConfigSource::Haproxy(paths) => {
+                let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "haproxy:{}", names.join(","))
+            }
+        }
+    }
+}
+
+/// Runs `load` on the planning thread; `file` names the source in internal errors.
+fn isolate<F>(file: String, load: F) -> Result<(Plan, Vec<Warning>), PlanError>
+where
+    F: FnOnce() -> Result<(Plan, Vec<Warning>), PlanError> + Send + 'static,
+{
     let internal = |reason: String| PlanError::Internal {
         file: file.clone(),
         reason,
@@ -38,7 +105,7 @@ pub fn load_plan_isolated(
         .stack_size(PLANNER_STACK)
         .spawn(move || {
             // `catch_unwind` as well as `join`: the payload is read here, where its type is known.
-            std::panic::catch_unwind(|| load_plan(&path, cluster.as_deref()))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
                 .map_err(|payload| panic_message(payload.as_ref()))
         })
         .map_err(|err| internal(format!("cannot start the planning thread: {err}")))?;

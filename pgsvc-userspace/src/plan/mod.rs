@@ -10,6 +10,7 @@
 //! member in inventory order: Pigsty renders them per node from that node's variables, which are
 //! group variables in every real inventory.
 
+pub mod haproxy;
 mod isolated;
 mod members;
 pub mod model;
@@ -25,7 +26,8 @@ use std::sync::Arc;
 
 use crate::config::{self as cfg, Host, Inventory, Node, Value};
 pub use crate::config::{ConfigError, Location, Warning, WarningKind};
-pub use isolated::{PLANNER_STACK, load_plan_isolated};
+pub use haproxy::{load_haproxy_plan, plan_from_haproxy};
+pub use isolated::{ConfigSource, PLANNER_STACK, load_plan_isolated};
 pub use model::*;
 use options::{OptionNote, RtoPlan};
 use resolve::{ClusterResolver, Shared};
@@ -38,6 +40,9 @@ use service::{Dest, Expr, ServiceSpec, Source, describe};
 pub enum PlanError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// An HAProxy configuration (`--haproxy-config`) outside the subset pgsvc reads.
+    #[error(transparent)]
+    Haproxy(#[from] cfg::haproxy::HaproxyError),
     /// A defect in pgsvc itself (a panic while planning), caught by [`load_plan_isolated`].
     #[error("{file}: internal error while reading the inventory (please report it): {reason}")]
     Internal { file: String, reason: String },
@@ -168,6 +173,7 @@ impl PlanError {
                 | ConfigError::Limit { at, .. },
             )
             | PlanError::Config(ConfigError::BadName { at, .. }) => Some(at),
+            PlanError::Haproxy(e) => e.location(),
             PlanError::Config(_)
             | PlanError::Internal { .. }
             | PlanError::NoClusters { .. }
