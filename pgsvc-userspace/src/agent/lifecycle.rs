@@ -17,10 +17,11 @@ use super::{
     AgentOptions, host,
     project::unix_now,
     reconcile::{Identity, Reconciler, Settings, flatten},
+    state_file::StateFile,
 };
 use crate::{
     admin,
-    control::ReloadRequest,
+    control::{ReloadRequest, ServerStateRequest},
     datapath::{LoadOptions, XdpDatapath, neigh},
     health::{Burst, HealthEvent, HealthMonitor, TlsSettings},
     plan,
@@ -121,17 +122,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         timeouts: opts.timeouts,
     };
     let mut agent = Reconciler::new(dp, monitor, plan, settings, identity, Instant::now());
+    agent.restore_server_states(StateFile::for_pin_dir(&opts.pin_dir));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let (state_tx, state_rx) = mpsc::channel::<ServerStateRequest>(4);
     let admin_task = tokio::spawn(admin::serve(
         listener,
         agent.status_handle(),
         reload_tx,
+        state_tx,
         shutdown_rx,
     ));
     info!(addr = %opts.admin, "admin API listening");
 
-    let result = main_loop(&mut agent, &opts, events, reload_rx).await;
+    let result = main_loop(&mut agent, &opts, events, reload_rx, state_rx).await;
 
     let _ = shutdown_tx.send(true);
     let _ = admin_task.await;
@@ -154,6 +158,7 @@ async fn main_loop(
     opts: &AgentOptions,
     mut events: mpsc::UnboundedReceiver<HealthEvent>,
     mut reloads: mpsc::Receiver<ReloadRequest>,
+    mut states: mpsc::Receiver<ServerStateRequest>,
 ) -> anyhow::Result<()> {
     agent.start(Instant::now())?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -178,6 +183,7 @@ async fn main_loop(
                 let r = agent.reload(reread(), Instant::now());
                 let _ = req.reply.send(r);
             }
+            Some(req) = states.recv() => agent.on_server_state(req, Instant::now()),
             _ = sighup.recv() => {
                 let _ = agent.reload(reread(), Instant::now());
             }

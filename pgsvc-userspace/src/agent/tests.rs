@@ -72,6 +72,8 @@ struct CheckSetupFailed;
 struct FakeChecks {
     health: HashMap<CheckKey, ServerHealth>,
     synced: Vec<Vec<String>>,
+    /// The checks running after the last sync.
+    running: HashSet<CheckKey>,
     fail_sync: bool,
     pokes: RefCell<Vec<CheckKey>>,
     hurried: RefCell<HashSet<CheckKey>>,
@@ -86,6 +88,15 @@ impl Checks for FakeChecks {
         }
         self.synced
             .push(services.iter().map(|s| s.name.clone()).collect());
+        let running: HashSet<CheckKey> = services
+            .iter()
+            .flat_map(|svc| svc.servers.iter().map(|srv| CheckKey::for_server(svc, srv)))
+            .collect();
+        // A stopped check forgets its state, as the real monitor's does.
+        for gone in self.running.difference(&running) {
+            self.health.remove(gone);
+        }
+        self.running = running;
         Ok(())
     }
 
@@ -1027,3 +1038,5 @@ fn a_server_whose_address_changed_starts_from_zero_in_the_fake_too() {
         .expect("write");
     assert_eq!(dp.conns(PRIMARY, "pg-test-1"), 0);
 }
+
+mod server_state;
