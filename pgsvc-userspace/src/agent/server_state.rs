@@ -103,10 +103,11 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         // MAINT counts as downtime, as in HAProxy; leaving it, the check says what comes next.
         if state == AdminState::Maint {
             self.down_since.entry(key).or_insert(now);
-        } else if from == AdminState::Maint && health == HealthState::Up {
-            if let Some(since) = self.down_since.remove(&key) {
-                *self.downtime.entry(key).or_default() += now.saturating_duration_since(since);
-            }
+        } else if from == AdminState::Maint
+            && health == HealthState::Up
+            && let Some(since) = self.down_since.remove(&key)
+        {
+            *self.downtime.entry(key).or_default() += now.saturating_duration_since(since);
         }
         info!(
             "server {proxy}/{server} is {}",
