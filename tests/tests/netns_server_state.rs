@@ -166,7 +166,7 @@ fn drain_and_maint_hold_across_reload_and_restart() {
     assert_eq!((code, body.as_str()), (200, "drain\n"));
     let (code, table, err) = rig.pgsvc_cli(&["status", "--admin", &admin()]);
     assert_eq!(code, 0, "{err}");
-    assert!(table.contains("DRAIN (UP"), "{table}");
+    assert!(table.contains("DRAIN (2/2 UP)"), "{table}");
     assert!(table.contains("MAINT"), "{table}");
 
     // Unknown names: 404 from the API, a non-zero exit from the CLI, nothing changes.
