@@ -34,6 +34,13 @@ struct StateFileGuard(PathBuf);
 impl Drop for StateFileGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        // And the directories the agent made for it, when nothing else is in them.
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+            if let Some(up) = dir.parent() {
+                let _ = std::fs::remove_dir(up);
+            }
+        }
     }
 }
 
