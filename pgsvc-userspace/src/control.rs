@@ -1,5 +1,5 @@
-//! What the admin API asks of the agent and what the agent answers: a reload request, and the
-//! typed outcome of a reload. Both the agent and the admin API depend on this module; neither
+//! What the admin API asks of the agent and what the agent answers: a reload request and a server
+//! state change (HAProxy's `set server <proxy>/<server> state …`), and their typed outcomes. Both the agent and the admin API depend on this module; neither
 //! depends on the other.
 
 use std::fmt;
@@ -7,7 +7,7 @@ use std::fmt;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::plan::PlanError;
+use crate::{balance::AdminState, plan::PlanError};
 
 /// A reload asked for over the API; the agent answers with what it did, or why it refused (and
 /// then keeps serving the previous inventory).
@@ -66,5 +66,62 @@ impl From<PlanError> for ReloadError {
         Self::Inventory {
             source: Box::new(e),
         }
+    }
+}
+
+/// `set server <proxy>/<server> state <state>` asked over the API.
+#[derive(Debug)]
+pub struct ServerStateRequest {
+    pub proxy: String,
+    pub server: String,
+    pub state: AdminState,
+    pub reply: oneshot::Sender<Result<ServerStateChange, ServerStateError>>,
+}
+
+/// A server state change the agent applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStateChange {
+    pub proxy: String,
+    pub server: String,
+    pub from: AdminState,
+    pub to: AdminState,
+    /// Why the new state could not be saved for the next agent (it is in effect all the same).
+    pub not_saved: Option<String>,
+}
+
+impl fmt::Display for ServerStateChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}: {} -> {}",
+            self.proxy, self.server, self.from, self.to
+        )?;
+        if let Some(why) = &self.not_saved {
+            write!(f, " (in effect, but not saved for the next agent: {why})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a server state change was refused; nothing changed.
+#[derive(Debug, Error)]
+pub enum ServerStateError {
+    #[error("no proxy (service) named {proxy:?}")]
+    UnknownProxy { proxy: String },
+    #[error("proxy {proxy} has no server named {server:?}")]
+    UnknownServer { proxy: String, server: String },
+    #[error("{proxy}/{server}: (re)starting health checks failed: {source}")]
+    Checks {
+        proxy: String,
+        server: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ServerStateError {
+    /// The proxy or the server does not exist (HTTP 404).
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::UnknownProxy { .. } | Self::UnknownServer { .. })
     }
 }

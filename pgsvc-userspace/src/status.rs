@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::balance::AdminState;
+
 /// Version of this document's shape; bumped on incompatible changes.
 pub const STATUS_SCHEMA: &str = "pgsvc.status/v1";
 
@@ -205,8 +207,12 @@ pub struct ServerStatus {
     /// Configured weight and the weight in effect (slowstart ramps it).
     pub weight: u32,
     pub effective_weight: u32,
-    /// UP, DOWN or UNKNOWN (no check result yet).
+    /// MAINT or DRAIN when the operator set that state (HAProxy reports those first, whatever the
+    /// health); else UP, DOWN or UNKNOWN (no check result yet).
     pub state: String,
+    /// The state the operator set (`pgsvc server set`): ready, drain or maint.
+    #[serde(default)]
+    pub admin_state: AdminState,
     /// In the active set: receives new connections.
     pub active: bool,
     /// The health counter and HAProxy's "2/3 UP" rendering of it.

@@ -30,11 +30,13 @@ async fn start() -> Server {
         ..Status::default()
     };
     let (reload_tx, _reloads) = mpsc::channel(1);
+    let (state_tx, _states) = mpsc::channel(1);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(serve(
         listener,
         Arc::new(RwLock::new(status)),
         reload_tx,
+        state_tx,
         shutdown_rx,
     ));
     Server {

@@ -118,12 +118,15 @@ impl AgentRig {
             }
             let state = dir.join(format!("{name}.state"));
             std::fs::write(&state, role).expect("state file");
+            // The stand-in logs one line per request: what `check_requests` counts.
+            let requests =
+                std::fs::File::create(dir.join(format!("{name}.requests"))).expect("request log");
             let mut cmd = host.ns.command(stub_bin);
             cmd.args(["--listen", &format!("{}:8008", host.addr), "--state-file"])
                 .arg(&state)
                 .args(["--name", &name, "--scope", "pg-test"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .stderr(requests);
             stubs.push(ChildGuard::spawn(cmd));
         }
         let port = topo.host(1).port.clone();
@@ -239,6 +242,14 @@ impl AgentRig {
     pub fn set_patroni(&self, i: usize, state: &str) {
         std::fs::write(self.dir.join(format!("pg-test-{}.state", i + 1)), state)
             .expect("state file");
+    }
+
+    /// How many `OPTIONS <uri>` checks node `i`'s Patroni stand-in has answered so far.
+    pub fn check_requests(&self, i: usize, uri: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.join(format!("pg-test-{}.requests", i + 1)))
+            .unwrap_or_default();
+        let needle = format!(": OPTIONS {uri} as ");
+        log.lines().filter(|l| l.contains(&needle)).count()
     }
 
     /// Connects to VIP:port from the client and returns the greeting's server name ("pg-test-1:6432").

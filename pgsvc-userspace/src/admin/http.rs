@@ -136,7 +136,7 @@ impl Drop for Admission {
 /// Request line and headers together.
 pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 100;
-/// Bodies are read only to keep the connection clean; no route uses one.
+/// Bodies are kept (only `POST /servers/…/state` uses one, a word); this bounds them.
 pub const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -179,9 +179,11 @@ pub struct Request {
     pub content_length: usize,
     /// The `Authorization` header, when sent.
     pub authorization: Option<String>,
+    /// The body, as received (at most [`MAX_BODY`] bytes).
+    pub body: Vec<u8>,
 }
 
-/// Reads one request head (and discards its body). The caller bounds the time it may take.
+/// Reads one request head and its body. The caller bounds the time it may take.
 pub async fn read_request<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Request, RequestError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
@@ -205,19 +207,20 @@ pub async fn read_request<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Reques
     if head_len > MAX_HEAD {
         return Err(RequestError::HeadTooLarge);
     }
-    let request = parse_head(&buf[..head_len])?;
-    let mut remaining = request
-        .content_length
-        .saturating_sub(buf.len() - body_start);
-    while remaining > 0 {
-        let n = reader.read(&mut chunk[..remaining.min(4096)]).await?;
+    let mut request = parse_head(&buf[..head_len])?;
+    let mut body = buf.split_off(body_start);
+    body.truncate(request.content_length);
+    while body.len() < request.content_length {
+        let want = (request.content_length - body.len()).min(chunk.len());
+        let n = reader.read(&mut chunk[..want]).await?;
         if n == 0 {
             return Err(RequestError::Malformed(
                 "connection closed inside the request body",
             ));
         }
-        remaining -= n;
+        body.extend_from_slice(&chunk[..n]);
     }
+    request.body = body;
     Ok(request)
 }
 
@@ -292,6 +295,7 @@ pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
         path,
         content_length,
         authorization,
+        body: Vec::new(),
     })
 }
 
@@ -461,6 +465,7 @@ mod tests {
                 path: "/metrics".into(),
                 content_length: 0,
                 authorization: None,
+                body: Vec::new(),
             }
         );
         let r = parse("POST /reload HTTP/1.1\r\nContent-Length:  12 \r\ncontent-length: 12")
@@ -504,10 +509,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_head_and_discards_body() {
+    async fn reads_head_and_body() {
         let mut input: &[u8] = b"POST /reload HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
         let r = read_request(&mut input).await.expect("request");
         assert_eq!(r.path, "/reload");
+        assert_eq!(r.body, b"hello");
         assert!(input.is_empty(), "body left unread");
         let mut lf_only: &[u8] = b"GET /ready HTTP/1.0\n\n";
         assert_eq!(

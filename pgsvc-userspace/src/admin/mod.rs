@@ -1,9 +1,12 @@
 //! The admin API (default 127.0.0.1:9102): `/status` (the snapshot as JSON), `/metrics` (Prometheus
-//! text under HAProxy's exporter names), `/ready`, and `POST /reload`; and the read-only metrics
-//! listener (default *:9101, where Pigsty scrapes HAProxy): `GET /metrics` only, with optional basic
-//! auth.
+//! text under HAProxy's exporter names), `/ready`, `POST /reload`, and
+//! `POST /servers/<proxy>/<server>/state` with a body of `ready`, `drain` or `maint` (HAProxy's
+//! `set server <proxy>/<server> state …`; `GET` on the same path answers the current state); and the
+//! read-only metrics listener (default *:9101, where Pigsty scrapes HAProxy): `GET /metrics` only,
+//! with optional basic auth.
 //!
-//! It only reads the [`Status`] snapshot the agent publishes and forwards reloads over a channel, so
+//! It only reads the [`Status`] snapshot the agent publishes and forwards reloads and state changes
+//! over channels, so
 //! a slow or hostile client can never stall the agent. The HTTP is hand-rolled and deliberately
 //! small (one request per connection, hard limits on size and time, see [`http`]).
 
@@ -21,7 +24,11 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{control::ReloadRequest, status::Status};
+use crate::{
+    balance::AdminState,
+    control::{ReloadRequest, ServerStateRequest},
+    status::Status,
+};
 
 pub mod auth;
 pub mod http;
@@ -50,6 +57,8 @@ struct Shared {
     status: Arc<RwLock<Status>>,
     /// The admin API forwards reloads; the metrics listener has no sender and only reads.
     reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// Runtime server states (admin API only).
+    states: Option<mpsc::Sender<ServerStateRequest>>,
     auth: Option<BasicAuth>,
 }
 
@@ -58,11 +67,13 @@ pub async fn serve(
     listener: TcpListener,
     status: Arc<RwLock<Status>>,
     reload: mpsc::Sender<ReloadRequest>,
+    states: mpsc::Sender<ServerStateRequest>,
     shutdown: watch::Receiver<bool>,
 ) {
     let shared = Shared {
         status,
         reload: Some(reload),
+        states: Some(states),
         auth: None,
     };
     serve_shared(listener, shared, shutdown).await;
@@ -79,6 +90,7 @@ pub async fn serve_metrics(
     let shared = Shared {
         status,
         reload: None,
+        states: None,
         auth,
     };
     serve_shared(listener, shared, shutdown).await;
@@ -202,9 +214,10 @@ async fn route(request: &Request, shared: &Shared) -> Response {
         }
         "/reload" if request.method != "POST" => Response::method_not_allowed("POST"),
         "/reload" => reload(reload_tx).await,
+        path if path.starts_with("/servers/") => server_state(request, shared).await,
         _ => Response::text(
             404,
-            "not found; try /status, /metrics, /ready or POST /reload",
+            "not found; try /status, /metrics, /ready, POST /reload or POST /servers/<proxy>/<server>/state",
         ),
     }
 }
@@ -275,6 +288,76 @@ async fn reload(agent: &mpsc::Sender<ReloadRequest>) -> Response {
         ),
         Ok(Err(_)) => Response::text(503, "the agent dropped the reload request (shutting down?)"),
         Ok(Ok(Ok(summary))) => Response::text(200, summary.to_string()),
+        Ok(Ok(Err(error))) => Response::text(422, error.to_string()),
+    }
+}
+
+/// `/servers/<proxy>/<server>/state`: GET answers the state, POST sets the one in the body.
+async fn server_state(request: &Request, shared: &Shared) -> Response {
+    let parts: Vec<&str> = request.path.split('/').collect();
+    let ["", "servers", proxy, server, "state"] = parts.as_slice() else {
+        return Response::text(
+            404,
+            "not found; the path is /servers/<proxy>/<server>/state",
+        );
+    };
+    if proxy.is_empty() || server.is_empty() {
+        return Response::text(
+            404,
+            "not found; the path is /servers/<proxy>/<server>/state",
+        );
+    }
+    match request.method.as_str() {
+        "GET" | "HEAD" => current_state(&snapshot(&shared.status), proxy, server),
+        "POST" => {
+            let body = String::from_utf8_lossy(&request.body);
+            match body.parse::<AdminState>() {
+                Ok(state) => match &shared.states {
+                    Some(states) => set_state(states, proxy, server, state).await,
+                    None => Response::text(404, "not found"),
+                },
+                Err(e) => Response::text(400, e.to_string()),
+            }
+        }
+        _ => Response::method_not_allowed("GET, HEAD, POST"),
+    }
+}
+
+fn current_state(status: &Status, proxy: &str, server: &str) -> Response {
+    let Some(svc) = status.services.iter().find(|s| s.name == proxy) else {
+        return Response::text(404, format!("no proxy (service) named {proxy:?}"));
+    };
+    match svc.servers.iter().find(|s| s.name == server) {
+        Some(srv) => Response::text(200, srv.admin_state.as_str()),
+        None => Response::text(404, format!("proxy {proxy} has no server named {server:?}")),
+    }
+}
+
+async fn set_state(
+    agent: &mpsc::Sender<ServerStateRequest>,
+    proxy: &str,
+    server: &str,
+    state: AdminState,
+) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let req = ServerStateRequest {
+        proxy: proxy.to_owned(),
+        server: server.to_owned(),
+        state,
+        reply,
+    };
+    match timeout(RELOAD_TIMEOUT, agent.send(req)).await {
+        Err(_) => return Response::text(503, "the agent is busy: too many requests queued"),
+        Ok(Err(_)) => {
+            return Response::text(503, "the agent is not accepting requests (shutting down)");
+        }
+        Ok(Ok(())) => {}
+    }
+    match timeout(RELOAD_TIMEOUT, answer).await {
+        Err(_) => Response::text(504, "the agent did not answer in time"),
+        Ok(Err(_)) => Response::text(503, "the agent dropped the request (shutting down?)"),
+        Ok(Ok(Ok(change))) => Response::text(200, change.to_string()),
+        Ok(Ok(Err(error))) if error.is_not_found() => Response::text(404, error.to_string()),
         Ok(Ok(Err(error))) => Response::text(422, error.to_string()),
     }
 }

@@ -16,7 +16,7 @@ use tokio::{
 use super::fixture::sample_status;
 use super::metrics::SERVER_STATES;
 use super::*;
-use crate::control::{ReloadError, ReloadSummary};
+use crate::control::{ReloadError, ReloadSummary, ServerStateChange, ServerStateError};
 
 type Exposition = MetricsExposition<PrometheusType, PrometheusValue>;
 
@@ -391,6 +391,7 @@ struct TestServer {
     addr: std::net::SocketAddr,
     status: Arc<RwLock<Status>>,
     reloads: Option<mpsc::Receiver<ReloadRequest>>,
+    states: Option<mpsc::Receiver<ServerStateRequest>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -402,12 +403,20 @@ async fn start() -> TestServer {
     let addr = listener.local_addr().expect("local addr");
     let status = Arc::new(RwLock::new(sample_status()));
     let (reload_tx, reloads) = mpsc::channel(4);
+    let (state_tx, states) = mpsc::channel(4);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, status.clone(), reload_tx, shutdown_rx));
+    let task = tokio::spawn(serve(
+        listener,
+        status.clone(),
+        reload_tx,
+        state_tx,
+        shutdown_rx,
+    ));
     TestServer {
         addr,
         status,
         reloads: Some(reloads),
+        states: Some(states),
         shutdown,
         task,
     }
@@ -679,11 +688,13 @@ async fn shutdown_already_set_returns_at_once() {
         .await
         .expect("bind loopback");
     let (reload_tx, _reloads) = mpsc::channel(1);
+    let (state_tx, _states) = mpsc::channel(1);
     let (_tx, rx) = watch::channel(true);
     let served = serve(
         listener,
         Arc::new(RwLock::new(Status::default())),
         reload_tx,
+        state_tx,
         rx,
     );
     tokio::time::timeout(Duration::from_secs(1), served)
@@ -751,4 +762,111 @@ async fn the_metrics_listener_asks_for_basic_auth() {
     .await;
     assert_eq!(right.code, 200);
     assert!(right.body.contains("haproxy_server_status{"));
+}
+
+#[tokio::test]
+async fn server_state_is_set_through_the_agent_and_read_from_the_snapshot() {
+    let mut srv = start().await;
+    let mut states = srv.states.take().expect("receiver");
+    let agent = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(req) = states.recv().await {
+            seen.push((req.proxy.clone(), req.server.clone(), req.state));
+            let answer = if req.proxy != P {
+                Err(ServerStateError::UnknownProxy { proxy: req.proxy })
+            } else if req.server == "pg-test-9" {
+                Err(ServerStateError::UnknownServer {
+                    proxy: req.proxy,
+                    server: req.server,
+                })
+            } else {
+                Ok(ServerStateChange {
+                    proxy: req.proxy,
+                    server: req.server,
+                    from: AdminState::Ready,
+                    to: req.state,
+                    not_saved: None,
+                })
+            };
+            let _ = req.reply.send(answer);
+        }
+        seen
+    });
+    let post = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let a = exchange(
+        srv.addr,
+        post("/servers/pg-test-primary/pg-test-1/state", "drain\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (a.code, a.body.as_str()),
+        (200, "pg-test-primary/pg-test-1: ready -> drain\n")
+    );
+    let a = exchange(
+        srv.addr,
+        post("/servers/pg-test-nope/pg-test-1/state", "maint").as_bytes(),
+    )
+    .await;
+    assert_eq!(a.code, 404, "{}", a.body);
+    assert!(a.body.contains("pg-test-nope"), "{}", a.body);
+    let a = exchange(
+        srv.addr,
+        post("/servers/pg-test-primary/pg-test-9/state", "MAINT").as_bytes(),
+    )
+    .await;
+    assert_eq!(a.code, 404, "{}", a.body);
+    // A body that is not a state never reaches the agent.
+    let a = exchange(
+        srv.addr,
+        post("/servers/pg-test-primary/pg-test-1/state", "off").as_bytes(),
+    )
+    .await;
+    assert_eq!(a.code, 400, "{}", a.body);
+    assert!(a.body.contains("ready, drain or maint"), "{}", a.body);
+    let a = exchange(
+        srv.addr,
+        post("/servers/pg-test-primary/state", "drain").as_bytes(),
+    )
+    .await;
+    assert_eq!(a.code, 404, "{}", a.body);
+    let a = exchange(
+        srv.addr,
+        b"DELETE /servers/pg-test-primary/pg-test-1/state HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!((a.code, a.header("allow")), (405, Some("GET, HEAD, POST")));
+    // GET answers from the snapshot.
+    if let Ok(mut s) = srv.status.write() {
+        s.services[0].servers[0].admin_state = AdminState::Maint;
+    }
+    let a = get(srv.addr, "/servers/pg-test-primary/pg-test-1/state").await;
+    assert_eq!((a.code, a.body.as_str()), (200, "maint\n"));
+    let a = get(srv.addr, "/servers/pg-test-primary/pg-test-2/state").await;
+    assert_eq!((a.code, a.body.as_str()), (200, "ready\n"));
+    assert_eq!(
+        get(srv.addr, "/servers/pg-test-primary/pg-test-9/state")
+            .await
+            .code,
+        404
+    );
+    let _ = srv.shutdown.send(true);
+    let _ = srv.task.await;
+    let seen = agent.await.expect("agent task");
+    assert_eq!(
+        seen,
+        [
+            (P.to_owned(), "pg-test-1".to_owned(), AdminState::Drain),
+            (
+                "pg-test-nope".to_owned(),
+                "pg-test-1".to_owned(),
+                AdminState::Maint
+            ),
+            (P.to_owned(), "pg-test-9".to_owned(), AdminState::Maint),
+        ]
+    );
 }

@@ -17,10 +17,11 @@ use super::{
     AgentOptions, host,
     project::unix_now,
     reconcile::{Identity, Reconciler, Settings, flatten},
+    state_file::StateFile,
 };
 use crate::{
     admin,
-    control::ReloadRequest,
+    control::{ReloadRequest, ServerStateRequest},
     datapath::{LoadOptions, XdpDatapath, neigh},
     health::{Burst, HealthEvent, HealthMonitor, TlsSettings},
     notify,
@@ -137,12 +138,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         timeouts: opts.timeouts,
     };
     let mut agent = Reconciler::new(dp, monitor, plan, settings, identity, Instant::now());
+    agent.restore_server_states(StateFile::for_pin_dir(&opts.pin_dir));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let (state_tx, state_rx) = mpsc::channel::<ServerStateRequest>(4);
     let admin_task = tokio::spawn(admin::serve(
         listener,
         agent.status_handle(),
         reload_tx,
+        state_tx,
         shutdown_rx.clone(),
     ));
     info!(addr = %opts.admin, "admin API listening");
@@ -158,7 +162,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         info!(%addr, auth = opts.metrics_auth.is_some(), "metrics listening");
     }
 
-    let result = main_loop(&mut agent, &opts, events, reload_rx).await;
+    let result = main_loop(&mut agent, &opts, events, reload_rx, state_rx).await;
 
     let _ = shutdown_tx.send(true);
     let _ = admin_task.await;
@@ -184,6 +188,7 @@ async fn main_loop(
     opts: &AgentOptions,
     mut events: mpsc::UnboundedReceiver<HealthEvent>,
     mut reloads: mpsc::Receiver<ReloadRequest>,
+    mut states: mpsc::Receiver<ServerStateRequest>,
 ) -> anyhow::Result<()> {
     if let Some(scope) = host::local_scope(&opts.iface) {
         agent.on_local_scope(&scope);
@@ -217,6 +222,7 @@ async fn main_loop(
                 let _ = req.reply.send(r);
                 notified_ready = false;
             }
+            Some(req) = states.recv() => agent.on_server_state(req, Instant::now()),
             _ = sighup.recv() => {
                 sd_notify(notify::reloading());
                 let _ = agent.reload(reread(), Instant::now());

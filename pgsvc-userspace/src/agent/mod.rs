@@ -10,7 +10,8 @@
 //! One concern per file: [`lifecycle`] (the above, and the event loop), [`reconcile`] (inputs →
 //! desired state → diff through the [`crate::datapath::Datapath`] trait), [`reload`] (the plan
 //! diff), [`project`] (the status snapshot), [`checks`] (the health input as a trait), [`host`]
-//! (addresses, VIP, reserved ports). One task owns the reconciler; the admin API only reads the
+//! (addresses, VIP, reserved ports), [`server_state`] (DRAIN and MAINT set by the operator) and
+//! [`state_file`] (where those are saved). One task owns the reconciler; the admin API only reads the
 //! snapshot it publishes, so it stays responsive whatever the data plane is doing.
 
 pub mod checks;
@@ -19,6 +20,8 @@ pub mod lifecycle;
 pub mod project;
 pub mod reconcile;
 pub mod reload;
+pub mod server_state;
+pub mod state_file;
 #[cfg(test)]
 mod tests;
 

@@ -8,6 +8,7 @@ use std::{
 
 use super::{checks::Checks, reconcile::Reconciler};
 use crate::{
+    balance::AdminState,
     datapath::Datapath,
     health::HealthState,
     plan::{Balance, BindAddr, ServicePlan},
@@ -140,6 +141,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             .iter()
             .map(|srv| {
                 let h = self.checks.server_health(svc, srv);
+                let admin = self.admin_state(&svc.name, &srv.name);
                 let spec = applied.and_then(|a| a.iter().find(|s| s.name == srv.name));
                 let st = bstats.get(&srv.name).copied().unwrap_or_default();
                 let key = (svc.name.clone(), srv.name.clone());
@@ -155,12 +157,16 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                     backup: srv.backup,
                     weight: srv.weight,
                     effective_weight: spec.map_or(0, |s| s.weight),
-                    state: match h.state {
-                        HealthState::Up => "UP",
-                        HealthState::Down => "DOWN",
+                    // HAProxy reports MAINT before the health, and DRAIN only while the server is UP.
+                    state: match (admin, h.state) {
+                        (AdminState::Maint, _) => "MAINT",
+                        (AdminState::Drain, HealthState::Up) => "DRAIN",
+                        (_, HealthState::Up) => "UP",
+                        (_, HealthState::Down) => "DOWN",
                         _ => "UNKNOWN",
                     }
                     .to_owned(),
+                    admin_state: admin,
                     active: spec.is_some_and(|s| s.active),
                     health: h.health,
                     health_status: h.status.clone(),

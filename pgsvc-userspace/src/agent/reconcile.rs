@@ -18,9 +18,12 @@ use pgsvc_common::Algorithm;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use super::checks::Checks;
+use super::{
+    checks::Checks,
+    state_file::{ServerStates, StateFile},
+};
 use crate::{
-    balance::{BalancedService, balance_service},
+    balance::{AdminState, BalancedService, balance_service_with},
     datapath::{BackendSpec, Datapath, LocalScope, ServiceSpec, Timeouts},
     health::{CheckKey, HealthEvent, HealthState, log_transition, servers_checked_by},
     plan::{Balance, BindAddr, Plan, ServicePlan},
@@ -90,6 +93,10 @@ pub struct Reconciler<D: Datapath, C: Checks> {
     pub(super) status: Arc<RwLock<Status>>,
     pub(super) last_reload: Option<ReloadStatus>,
     pub(super) ready: bool,
+    /// Server states the operator set (DRAIN, MAINT), by (service, server); READY is no entry.
+    pub(super) admin: ServerStates,
+    /// Where they are saved for the next agent (none in unit tests unless given).
+    pub(super) state_file: Option<StateFile>,
 }
 
 impl<D: Datapath, C: Checks> Reconciler<D, C> {
@@ -119,6 +126,8 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             status: Arc::new(RwLock::new(Status::default())),
             last_reload: None,
             ready: false,
+            admin: ServerStates::new(),
+            state_file: None,
         }
     }
 
@@ -155,7 +164,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                 })?;
         }
         self.checks
-            .sync(&self.services)
+            .sync(&self.checked(&self.services))
             .map_err(|e| StartError::Checks {
                 source: Box::new(e),
             })?;
@@ -222,9 +231,10 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
 
     /// The desired state of one service at `now`.
     pub(super) fn balanced(&self, svc: &ServicePlan, now: Instant) -> BalancedService {
-        let mut b = balance_service(
+        let mut b = balance_service_with(
             svc,
             |s| self.checks.server_health(svc, s).status_for_balance(),
+            |s| self.admin_state(&svc.name, &s.name),
             now,
         );
         admit_queue(&mut b.backends, svc.options.maxqueue);
@@ -236,6 +246,8 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         let affected: Vec<(String, String)> = servers_checked_by(self.services.iter(), &ev.key)
             .into_iter()
             .map(|(svc, srv)| (svc.name.clone(), srv.name.clone()))
+            // A check shared with a server in MAINT: not that server's business (it is not checked).
+            .filter(|(svc, srv)| self.admin_state(svc, srv) != AdminState::Maint)
             .collect();
         for (svc_name, srv_name) in affected {
             let key = (svc_name.clone(), srv_name.clone());
@@ -277,7 +289,12 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             }
             let c = self.balanced(svc, now).counts;
             if c.active == 0 && c.backup == 0 {
-                want.extend(svc.servers.iter().map(|srv| CheckKey::for_server(svc, srv)));
+                want.extend(
+                    svc.servers
+                        .iter()
+                        .filter(|srv| self.admin_state(&svc.name, &srv.name) != AdminState::Maint)
+                        .map(|srv| CheckKey::for_server(svc, srv)),
+                );
             }
         }
         for key in want.difference(&self.hurried) {

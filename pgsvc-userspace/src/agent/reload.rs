@@ -75,7 +75,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         }
         // Checks first: a bad check setting refuses the reload before the datapath changes.
         self.checks
-            .sync(&services)
+            .sync(&self.checked(&services))
             .map_err(|e| ReloadError::Checks {
                 source: Box::new(e),
             })?;
@@ -115,6 +115,11 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         summary.unchanged = new.len() - summary.added - summary.changed;
         self.plan = plan;
         self.services = services;
+        // Server states stay with the servers that are still there.
+        if self.prune_states() {
+            info!("reload: server states of servers that left the plan were dropped");
+            let _ = self.save_states();
+        }
         let names: Vec<String> = new.keys().cloned().collect();
         for n in names {
             self.rebalance(&n, now);

@@ -72,6 +72,8 @@ struct CheckSetupFailed;
 struct FakeChecks {
     health: HashMap<CheckKey, ServerHealth>,
     synced: Vec<Vec<String>>,
+    /// The checks running after the last sync.
+    running: HashSet<CheckKey>,
     fail_sync: bool,
     pokes: RefCell<Vec<CheckKey>>,
     hurried: RefCell<HashSet<CheckKey>>,
@@ -86,6 +88,15 @@ impl Checks for FakeChecks {
         }
         self.synced
             .push(services.iter().map(|s| s.name.clone()).collect());
+        let running: HashSet<CheckKey> = services
+            .iter()
+            .flat_map(|svc| svc.servers.iter().map(|srv| CheckKey::for_server(svc, srv)))
+            .collect();
+        // A stopped check forgets its state, as the real monitor's does.
+        for gone in self.running.difference(&running) {
+            self.health.remove(gone);
+        }
+        self.running = running;
         Ok(())
     }
 
@@ -1110,3 +1121,5 @@ fn the_status_keeps_session_peaks_rates_and_backend_outages() {
     );
     assert_eq!(st.services[0].down_transitions, 1);
 }
+
+mod server_state;

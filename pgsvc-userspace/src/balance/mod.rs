@@ -10,6 +10,11 @@
 //! - slowstart: after a DOWN → UP transition (never at start-up) weight and maxconn ramp linearly
 //!   over the period, starting from 1.
 //!
+//! Administrative states ([`AdminState`], HAProxy's `set server … state`): a DRAIN server gets
+//! weight 0 — out of the active set and never a backup candidate — but keeps its flows; a MAINT
+//! server is left out of the backend set altogether, so the datapath retires its slot and resets its
+//! flows (whatever shutdown-sessions says), and it does not hold a service's first write back.
+//!
 //! Killing flows of a server that goes DOWN is the datapath's job (`BackendSpec::up` plus
 //! `ServiceSpec::shutdown_sessions`); [`sessions_to_shutdown`] is the rule, and every datapath (the
 //! XDP one and the fake of the unit tests) applies it through this one function.
@@ -20,6 +25,9 @@ use std::{
 };
 
 use crate::plan::model::{ServerPlan, ServicePlan};
+
+mod admin;
+pub use admin::{AdminState, UnknownAdminState};
 
 /// One server of a service as the datapath should see it now: what balance computes and the
 /// datapath writes (`crate::datapath` re-exports it).
@@ -77,7 +85,7 @@ pub struct ServerCounts {
 /// The desired datapath state of one service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BalancedService {
-    /// One entry per server of the plan, in declaration order.
+    /// One entry per server of the plan not in MAINT, in declaration order.
     pub backends: Vec<BackendSpec>,
     pub counts: ServerCounts,
     /// The active set is made of backups.
@@ -90,16 +98,35 @@ pub struct BalancedService {
 }
 
 /// Computes the desired backends of `service` at `now`; `status_of` gives each server's health.
-pub fn balance_service<F>(service: &ServicePlan, mut status_of: F, now: Instant) -> BalancedService
+/// Every server is READY; see [`balance_service_with`].
+pub fn balance_service<F>(service: &ServicePlan, status_of: F, now: Instant) -> BalancedService
 where
     F: FnMut(&ServerPlan) -> ServerStatus,
 {
+    balance_service_with(service, status_of, |_| AdminState::Ready, now)
+}
+
+/// [`balance_service`] with each server's administrative state from `admin_of`.
+pub fn balance_service_with<F, A>(
+    service: &ServicePlan,
+    mut status_of: F,
+    mut admin_of: A,
+    now: Instant,
+) -> BalancedService
+where
+    F: FnMut(&ServerPlan) -> ServerStatus,
+    A: FnMut(&ServerPlan) -> AdminState,
+{
     let statuses: Vec<ServerStatus> = service.servers.iter().map(&mut status_of).collect();
+    let admins: Vec<AdminState> = service.servers.iter().map(&mut admin_of).collect();
     let usable: Vec<bool> = service
         .servers
         .iter()
         .zip(&statuses)
-        .map(|(server, status)| status.is_up() && server.weight > 0)
+        .zip(&admins)
+        .map(|((server, status), admin)| {
+            status.is_up() && server.weight > 0 && *admin == AdminState::Ready
+        })
         .collect();
     let counts = ServerCounts {
         active: count(service, &usable, false),
@@ -118,6 +145,7 @@ where
         .iter()
         .zip(&statuses)
         .enumerate()
+        .filter(|(i, _)| admins[*i] != AdminState::Maint)
         .map(|(i, (server, status))| {
             let active = usable[i]
                 && if server.backup {
@@ -128,6 +156,8 @@ where
             let weight = server.weight.min(MAX_WEIGHT);
             let maxconn = service.options.maxconn;
             let (weight, maxconn) = match ramping_since(*status, slowstart, now) {
+                // Drained: weight 0, never picked (HAProxy's DRAIN is an effective weight of 0).
+                _ if admins[i] == AdminState::Drain => (0, maxconn),
                 Some((since, elapsed)) => {
                     if let Some(step) = next_slowstart_step(since, slowstart, now) {
                         next_step = Some(next_step.map_or(step, |n| n.min(step)));
@@ -154,7 +184,11 @@ where
         backends,
         counts,
         using_backups,
-        pending: statuses.contains(&ServerStatus::Unknown),
+        // A server in MAINT is not checked: it has no result to wait for.
+        pending: statuses
+            .iter()
+            .zip(&admins)
+            .any(|(s, a)| *s == ServerStatus::Unknown && *a != AdminState::Maint),
         next_step,
     }
 }

@@ -489,3 +489,111 @@ fn down_transition_reports_down_and_inactive() {
         assert_eq!(killed.is_empty(), !shutdown, "shutdown-sessions {shutdown}");
     }
 }
+
+/// `admin` letters per server: `R` ready, `D` drain, `M` maint.
+fn run_admin(svc: &ServicePlan, st: &[ServerStatus], admin: &str, now: Instant) -> BalancedService {
+    let admins: Vec<AdminState> = admin
+        .chars()
+        .map(|c| match c {
+            'D' => AdminState::Drain,
+            'M' => AdminState::Maint,
+            _ => AdminState::Ready,
+        })
+        .collect();
+    let index = |server: &ServerPlan| {
+        svc.servers
+            .iter()
+            .position(|s| s.name == server.name)
+            .unwrap_or(usize::MAX)
+    };
+    balance_service_with(
+        svc,
+        |server| {
+            st.get(index(server))
+                .copied()
+                .unwrap_or(ServerStatus::Unknown)
+        },
+        |server| admins.get(index(server)).copied().unwrap_or_default(),
+        now,
+    )
+}
+
+#[test]
+fn drain_is_weight_zero_and_maint_leaves_the_set() {
+    let t0 = Instant::now();
+    let svc = service(&[R1, R2, B1, B2], false);
+    let st = statuses(t0, "UUUU");
+    // r1 drained: out of the active set, still up (flows stay), weight 0.
+    let b = run_admin(&svc, &st, "DRRR", t0);
+    assert_eq!(names(&b, |x| x.active), ["r2"]);
+    let r1 = &b.backends[0];
+    assert!(r1.up && !r1.active && r1.weight == 0, "{r1:?}");
+    assert_eq!(
+        b.counts,
+        ServerCounts {
+            active: 1,
+            backup: 2
+        }
+    );
+    // Both normal servers drained: the first backup takes over.
+    let b = run_admin(&svc, &st, "DDRR", t0);
+    assert_eq!(names(&b, |x| x.active), ["b1"]);
+    // A drained backup is no candidate: the next one is.
+    let b = run_admin(&svc, &st, "DDDR", t0);
+    assert_eq!(names(&b, |x| x.active), ["b2"]);
+    // MAINT: gone from the set (the datapath resets its flows), not counted.
+    let b = run_admin(&svc, &st, "MDDM", t0);
+    assert_eq!(names(&b, |_| true), ["r2", "b1"]);
+    assert_eq!(b.counts, ServerCounts::default());
+    assert!(names(&b, |x| x.active).is_empty());
+}
+
+#[test]
+fn a_server_in_maint_is_not_waited_for() {
+    let t0 = Instant::now();
+    let svc = service(&[R1, R2], false);
+    let st = statuses(t0, "?U");
+    assert!(run_admin(&svc, &st, "RR", t0).pending);
+    assert!(
+        run_admin(&svc, &st, "DR", t0).pending,
+        "a drained server is checked"
+    );
+    assert!(!run_admin(&svc, &st, "MR", t0).pending);
+}
+
+#[test]
+fn drain_overrides_slowstart_and_ready_resumes_it() {
+    let t0 = Instant::now();
+    let svc = service(&[R1], false);
+    let st = [ServerStatus::Up {
+        since: t0,
+        at_startup: false,
+    }];
+    let mid = t0 + SS / 2;
+    let b = run_admin(&svc, &st, "D", mid);
+    assert_eq!(b.backends[0].weight, 0);
+    let b = run_admin(&svc, &st, "R", mid);
+    assert_eq!(b.backends[0].weight, 50);
+    assert!(b.next_step.is_some());
+}
+
+#[test]
+fn admin_states_parse_and_print_as_haproxy_spells_them() {
+    for (text, state) in [
+        ("ready", AdminState::Ready),
+        ("DRAIN", AdminState::Drain),
+        (" maint\n", AdminState::Maint),
+    ] {
+        assert_eq!(text.parse::<AdminState>(), Ok(state));
+        assert_eq!(state.to_string(), text.trim().to_ascii_lowercase());
+    }
+    let e = "up".parse::<AdminState>().expect_err("not a state");
+    assert_eq!(
+        e.to_string(),
+        "unknown server state \"up\": expected ready, drain or maint"
+    );
+    assert_eq!(
+        serde_json::to_string(&AdminState::Maint).expect("json"),
+        "\"maint\""
+    );
+}

@@ -1,5 +1,5 @@
-//! The `pgsvc` command line: `run`, `check`, `render`, `status`, `reload`, `detach`, `completions`,
-//! `man`.
+//! The `pgsvc` command line: `run`, `check`, `render`, `status`, `reload`, `server`, `detach`,
+//! `completions`, `man`.
 //!
 //! Each subcommand lives in its own file and returns an exit code; errors are printed here with their
 //! causes and turned into a non-zero exit, never a panic.
@@ -15,6 +15,7 @@ pub mod docs;
 pub mod logging;
 pub mod render_cmd;
 pub mod run;
+pub mod server;
 pub mod status;
 
 #[derive(Debug, Parser)]
@@ -59,7 +60,7 @@ fn enter_netns(name: &str) -> anyhow::Result<()> {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: attach the XDP program and keep every service true to Patroni's roles.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Validate an inventory and print the resolved services.
     Check(check::CheckArgs),
     /// Render the configuration another load balancer would need for the same services.
@@ -71,6 +72,11 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Ask a running agent to re-read its inventory (same as SIGHUP).
     Reload(status::ReloadArgs),
+    /// Set a server's state in a running agent (HAProxy's `set server <proxy>/<server> state`).
+    Server {
+        #[command(subcommand)]
+        command: server::ServerCommand,
+    },
     /// Remove what an agent run with --keep left attached: XDP link, pinned maps, VIP.
     Detach(detach::DetachArgs),
     /// Print a shell completion script (bash, zsh, fish, ...).
@@ -140,11 +146,12 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Check(args) => check::run(args),
         Command::Render { target } => render_cmd::run(target),
         Command::Status(args) => status::run(args),
         Command::Reload(args) => status::reload(args),
+        Command::Server { command } => server::run(command),
         Command::Detach(args) => detach::run(args),
         Command::Completions(args) => docs::run_completions(args),
         Command::Man(args) => docs::run_man(args),

@@ -10,9 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::status::{STATUS_SCHEMA, ServerStatus, ServiceStatus, Status};
+use crate::{
+    balance::AdminState,
+    status::{STATUS_SCHEMA, ServerStatus, ServiceStatus, Status},
+};
 
-const DEFAULT_ADMIN: &str = "127.0.0.1:9102";
+pub(super) const DEFAULT_ADMIN: &str = "127.0.0.1:9102";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -78,7 +81,7 @@ pub fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(super) fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -86,7 +89,7 @@ fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<
         .block_on(work)
 }
 
-fn base_url(admin: &str) -> String {
+pub(super) fn base_url(admin: &str) -> String {
     let admin = admin.trim_end_matches('/');
     if admin.contains("://") {
         admin.to_owned()
@@ -95,7 +98,7 @@ fn base_url(admin: &str) -> String {
     }
 }
 
-fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub(super) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     // The admin API is local: never send it through an HTTP proxy from the environment.
     reqwest::Client::builder()
         .no_proxy()
@@ -139,7 +142,7 @@ async fn post_reload(admin: &str) -> anyhow::Result<(u16, String)> {
 
 /// "no pgsvc agent answers at ADDR — is `pgsvc run` running? (connection refused)", with the
 /// innermost cause rather than reqwest's generic wording.
-fn unreachable_agent(admin: &str, error: &reqwest::Error) -> anyhow::Error {
+pub(super) fn unreachable_agent(admin: &str, error: &reqwest::Error) -> anyhow::Error {
     let mut cause = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(inner) = source {
@@ -275,10 +278,16 @@ fn service_cells(svc: &ServiceStatus) -> Vec<String> {
 }
 
 fn server_cells(v: &ServerStatus) -> Vec<String> {
-    let state = if v.health_status.is_empty() {
+    let health = if v.health_status.is_empty() {
         v.state.clone()
     } else {
         v.health_status.clone()
+    };
+    // The operator's state first, as HAProxy shows it; a drained server's health still matters.
+    let state = match v.admin_state {
+        AdminState::Maint => "MAINT".to_owned(),
+        AdminState::Drain => format!("DRAIN ({health})"),
+        AdminState::Ready => health,
     };
     let role = match (v.backup, v.active) {
         (false, true) => "active",
@@ -293,10 +302,13 @@ fn server_cells(v: &ServerStatus) -> Vec<String> {
     };
     let check = match &v.last_check {
         Some(c) => format!("last check {} {}", c.reason, millis(c.duration_ms)),
+        None if v.admin_state == AdminState::Maint => "not checked (maint)".to_owned(),
         None => "no check yet".to_owned(),
     };
     let mut notes = Vec::new();
-    if let Some(changed) = v.last_change_seconds {
+    if let Some(changed) = v.last_change_seconds
+        && v.admin_state == AdminState::Ready
+    {
         notes.push(format!("{} for {}", v.state, duration(changed)));
     }
     if v.check_failures_total > 0 {
@@ -402,6 +414,23 @@ mod tests {
             .lines()
             .find(|l| needles.iter().all(|n| l.contains(n)))
             .unwrap_or_else(|| panic!("no line with {needles:?} in\n{table}"))
+    }
+
+    #[test]
+    fn table_shows_maint_and_drain_first() {
+        let mut s = sample_status();
+        s.services[0].servers[0].admin_state = AdminState::Drain;
+        s.services[0].servers[0].state = "DRAIN".into();
+        s.services[0].servers[1].admin_state = AdminState::Maint;
+        s.services[0].servers[1].state = "MAINT".into();
+        s.services[0].servers[1].last_check = None;
+        let table = render_table(&s);
+        let drained = line_of(&table, &["pg-test-1", "198.18.0.11"]);
+        assert!(drained.contains("DRAIN (UP 3/3)"), "{drained}");
+        let maint = line_of(&table, &["pg-test-2", "198.18.0.12"]);
+        assert!(maint.contains("MAINT"), "{maint}");
+        assert!(maint.contains("not checked (maint)"), "{maint}");
+        assert!(!maint.contains("DOWN"), "{maint}");
     }
 
     #[test]
@@ -610,14 +639,36 @@ mod tests {
             let addr = listener.local_addr().expect("addr");
             let (reload_tx, mut reloads) =
                 tokio::sync::mpsc::channel::<crate::control::ReloadRequest>(1);
+            let (state_tx, mut states) =
+                tokio::sync::mpsc::channel::<crate::control::ServerStateRequest>(1);
             let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
             let status = Arc::new(RwLock::new(sample_status()));
             tokio::spawn(crate::admin::serve(
                 listener,
                 status,
                 reload_tx,
+                state_tx,
                 shutdown_rx,
             ));
+            tokio::spawn(async move {
+                while let Some(req) = states.recv().await {
+                    let answer = if req.server == "pg-test-1" {
+                        Ok(crate::control::ServerStateChange {
+                            proxy: req.proxy,
+                            server: req.server,
+                            from: AdminState::Ready,
+                            to: req.state,
+                            not_saved: None,
+                        })
+                    } else {
+                        Err(crate::control::ServerStateError::UnknownServer {
+                            proxy: req.proxy,
+                            server: req.server,
+                        })
+                    };
+                    let _ = req.reply.send(answer);
+                }
+            });
             tokio::spawn(async move {
                 let mut first = true;
                 while let Some(req) = reloads.recv().await {
@@ -663,6 +714,18 @@ mod tests {
             .expect("refused reload"),
             ExitCode::FAILURE
         );
+        // `pgsvc server set`: 0 when applied, non-zero for an unknown server.
+        let set = |server: &str| {
+            crate::cli::server::run(crate::cli::server::ServerCommand::Set(
+                crate::cli::server::SetArgs {
+                    target: ("pg-test-primary".to_owned(), server.to_owned()),
+                    state: crate::cli::server::StateArg::Drain,
+                    admin: admin.clone(),
+                },
+            ))
+        };
+        assert_eq!(set("pg-test-1").expect("set"), ExitCode::SUCCESS);
+        assert_eq!(set("pg-test-9").expect("unknown server"), ExitCode::FAILURE);
         // The body the table is built from is the agent's snapshot, field for field.
         let body = block_on(get_status(&admin)).expect("GET /status");
         assert_eq!(
