@@ -12,6 +12,7 @@
 //! ```
 
 mod cmd;
+mod layout;
 mod package;
 mod setup;
 mod soak;
