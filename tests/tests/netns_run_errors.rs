@@ -139,5 +139,23 @@ fn bad_input_is_refused_with_the_reason_and_leaves_nothing_behind() {
     );
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("pg-nope"), "{}", o.stderr);
+
+    // Started with `ip netns exec`, whose private /sys hides bpffs: refused with the way out.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(pgsvc_bin())
+        .args(["run", "--config"])
+        .arg(&good)
+        .args(["--iface", "eth0", "--admin", "127.0.0.1:19103", "--pin-dir"])
+        .arg(pins.path())
+        .output()
+        .expect("running pgsvc under ip netns exec");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("ip netns exec") && stderr.contains("--netns"),
+        "{stderr}"
+    );
+    assert!(!pins.path().exists(), "nothing may be pinned under ip netns exec");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,7 +14,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    AgentOptions, host,
+    AgentOptions, bpffs, host,
     project::unix_now,
     reconcile::{Identity, Reconciler, Settings, flatten},
     state_file::StateFile,
@@ -89,6 +89,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         None => None,
     };
 
+    bpffs::ensure(&opts.pin_dir)?;
     let mut lo = LoadOptions::new(&opts.pin_dir, snat_addr);
     lo.max_flows = opts.max_flows;
     lo.snat_ports = opts.snat_ports.clone();

@@ -14,6 +14,7 @@
 //! [`state_file`] (where those are saved). One task owns the reconciler; the admin API only reads the
 //! snapshot it publishes, so it stays responsive whatever the data plane is doing.
 
+pub mod bpffs;
 pub mod checks;
 pub mod host;
 pub mod lifecycle;
