@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "procps",
     "psmisc",
+    // systemd-analyze verifies the packaged unit (xtask package and its tests).
+    "systemd",
 ];
 /// Installed when the archive has them; a note otherwise.
 const OPTIONAL_APT_PACKAGES: &[&str] = &["bpftool"];
