@@ -56,7 +56,11 @@ fn services_follow_live_roles_and_fall_back_to_backups() {
         r.server_status("pg-test-offline", "pg-test-2")["state"] == "UP"
     });
     assert_eq!(set(&rig.land(5438, 4)), names(&["pg-test-2:5432"]));
-    // 5434 is back on the replica (backups are only used while no normal server is usable).
+    // 5434 is back on the replica (backups are only used while no normal server is usable) once its
+    // own check — /read-only, a separate task from the offline service's /replica — has seen it.
+    rig.wait_for("pg-test-2 UP for 5434", Duration::from_secs(6), |r| {
+        r.server_status("pg-test-replica", "pg-test-2")["state"] == "UP"
+    });
     assert_eq!(set(&rig.land(5434, 4)), names(&["pg-test-2:6432"]));
 }
 

@@ -92,7 +92,7 @@ fn haproxy_config_serves_the_inventory_routes_and_reloads() {
     let replica = confd.join("pg-test-replica.cfg");
     let text = std::fs::read_to_string(&replica).expect("read");
     std::fs::write(&replica, text.replace(":5434", ":5440")).expect("write");
-    let admin = format!("{LB}:9101");
+    let admin = format!("{LB}:{}", pgsvc_tests::agent_rig::ADMIN_PORT);
     let (code, out, err) = rig.pgsvc_cli(&["reload", "--admin", &admin]);
     assert_eq!(code, 0, "{out}{err}");
     rig.wait_for("5440 served", Duration::from_secs(6), |r| {
