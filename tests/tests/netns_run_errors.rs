@@ -156,6 +156,9 @@ fn bad_input_is_refused_with_the_reason_and_leaves_nothing_behind() {
         stderr.contains("ip netns exec") && stderr.contains("--netns"),
         "{stderr}"
     );
-    assert!(!pins.path().exists(), "nothing may be pinned under ip netns exec");
+    assert!(
+        !pins.path().exists(),
+        "nothing may be pinned under ip netns exec"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

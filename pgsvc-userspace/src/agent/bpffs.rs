@@ -87,6 +87,9 @@ pub fn ensure(pin_dir: &Path) -> Result<(), BpffsError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    info!(path = BPFFS, "mounted the BPF filesystem (none was mounted)");
+    info!(
+        path = BPFFS,
+        "mounted the BPF filesystem (none was mounted)"
+    );
     Ok(())
 }
