@@ -41,6 +41,21 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+/// The name under /run/netns of the network namespace this process is in, if it has one:
+/// `ip netns exec NAME` puts its command there (and in a private mount namespace with its own /sys).
+fn named_netns() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = std::fs::metadata("/proc/self/ns/net").ok()?;
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let m = std::fs::metadata(e.path()).ok()?;
+            (m.dev() == me.dev() && m.ino() == me.ino())
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+}
+
 /// Whether this process shares PID 1's mount namespace (`ip netns exec` unshares it).
 fn in_init_mount_ns() -> bool {
     match (
@@ -63,7 +78,7 @@ pub fn ensure(pin_dir: &Path) -> Result<(), BpffsError> {
     if !pin_dir.starts_with(root) || is_bpffs(root) || is_bpffs(pin_dir) {
         return Ok(());
     }
-    if !in_init_mount_ns() {
+    if named_netns().is_some() || !in_init_mount_ns() {
         return Err(BpffsError::PrivateMounts {
             pin_dir: pin_dir.to_owned(),
         });
