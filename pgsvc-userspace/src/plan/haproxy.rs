@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::options::{self, OptionNote};
+use super::options;
 use super::{
     Balance, BindAddr, ClusterPlan, Instance, Plan, PlanError, ServerPlan, ServicePlan, Warning,
     WarningKind,
@@ -177,34 +177,14 @@ fn service(
         .default_server
         .clone()
         .unwrap_or_else(|| (String::new(), listen.at.clone()));
-    let (mut opts, notes) =
-        options::parse_default_server(&options_line).map_err(|e| PlanError::InvalidOption {
-            at: options_at.clone(),
-            service: name.clone(),
-            keyword: e.keyword,
-            reason: e.reason,
-        })?;
-    for note in notes {
-        let (kind, message) = match note {
-            OptionNote::Unknown { keyword } => (
-                WarningKind::UnknownServerOption,
-                format!(
-                    "`default-server` of `{name}`: `{keyword}` is not implemented by pgsvc and is ignored"
-                ),
-            ),
-            OptionNote::FractionalTime { keyword, value } => (
-                WarningKind::HaproxyCompat,
-                format!(
-                    "`default-server` of `{name}`: `{keyword} {value}` has a fraction, which HAProxy 2.x rejects"
-                ),
-            ),
-        };
-        warnings.push(Warning {
-            kind,
-            at: Some(options_at.clone()),
-            message,
-        });
-    }
+    let mut opts = super::parse_service_options(
+        &options_line,
+        &options_at,
+        &name,
+        &format!("`default-server` of `{name}`"),
+        "",
+        warnings,
+    )?;
     opts.check_timeout = match &listen.timeout_check {
         Some((text, at)) => match options::parse_time(text) {
             Ok((d, _)) if !d.is_zero() => d,

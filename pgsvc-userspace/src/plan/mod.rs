@@ -355,6 +355,46 @@ fn bind_text(ip: BindAddr) -> String {
     }
 }
 
+/// Parses a service's `default-server` line (read at `at`) into its options, turning each note
+/// into a warning about `subject` (how the line is named to the operator, e.g. "`options` of
+/// service `pg-test-primary`"); `fraction_hint` ends the fractional-time warning.
+fn parse_service_options(
+    line: &str,
+    at: &Location,
+    service: &str,
+    subject: &str,
+    fraction_hint: &str,
+    warnings: &mut Vec<Warning>,
+) -> Result<model::ServerOptions, PlanError> {
+    let (options, notes) =
+        options::parse_default_server(line).map_err(|e| PlanError::InvalidOption {
+            at: at.clone(),
+            service: service.to_owned(),
+            keyword: e.keyword,
+            reason: e.reason,
+        })?;
+    for note in notes {
+        let (kind, message) = match note {
+            OptionNote::Unknown { keyword } => (
+                WarningKind::UnknownServerOption,
+                format!("{subject}: `{keyword}` is not implemented by pgsvc and is ignored"),
+            ),
+            OptionNote::FractionalTime { keyword, value } => (
+                WarningKind::HaproxyCompat,
+                format!(
+                    "{subject}: `{keyword} {value}` has a fraction, which HAProxy 2.x rejects{fraction_hint}"
+                ),
+            ),
+        };
+        warnings.push(Warning {
+            kind,
+            at: Some(at.clone()),
+            message,
+        });
+    }
+    Ok(options)
+}
+
 #[cfg(test)]
 #[expect(
     clippy::unwrap_used,

@@ -126,34 +126,14 @@ impl ClusterResolver<'_> {
             Some((line, at)) => (line.clone(), at.clone()),
             None => (ctx.rto_line.to_owned(), spec.at.clone()),
         };
-        let (options, notes) =
-            options::parse_default_server(&options_line).map_err(|e| PlanError::InvalidOption {
-                at: options_at.clone(),
-                service: full.to_owned(),
-                keyword: e.keyword,
-                reason: e.reason,
-            })?;
-        for note in notes {
-            let (kind, message) = match note {
-                OptionNote::Unknown { keyword } => (
-                    WarningKind::UnknownServerOption,
-                    format!(
-                        "`options` of service `{full}`: `{keyword}` is not implemented by pgsvc and is ignored"
-                    ),
-                ),
-                OptionNote::FractionalTime { keyword, value } => (
-                    WarningKind::HaproxyCompat,
-                    format!(
-                        "`options` of service `{full}`: `{keyword} {value}` has a fraction, which HAProxy 2.x rejects (write it in ms)"
-                    ),
-                ),
-            };
-            warnings.push(Warning {
-                kind,
-                at: Some(options_at.clone()),
-                message,
-            });
-        }
+        let options = parse_service_options(
+            &options_line,
+            &options_at,
+            full,
+            &format!("`options` of service `{full}`"),
+            " (write it in ms)",
+            warnings,
+        )?;
         Ok(ServicePlan {
             name: full.to_owned(),
             short_name: spec.name.clone(),
