@@ -360,6 +360,35 @@ fn switchover_round(
         }
     }
     println!("      longest gap between commits {}s", ev["max_gap_s"]);
+    // Failures after writes first came back on the new primary: the window above ends at the first
+    // success after the LAST failure, so a later outage is named here rather than hidden.
+    let attempts = writes.attempts();
+    let new_addr = f.new.addr.to_string();
+    if let Some(back) = attempts
+        .iter()
+        .find(|a| a.ok && a.t0 > f.event_t && a.addr.as_deref() == Some(new_addr.as_str()))
+    {
+        let late: Vec<_> = attempts
+            .iter()
+            .filter(|a| !a.ok && a.t0 > back.t1)
+            .collect();
+        if !late.is_empty() {
+            println!(
+                "      after writes came back on {} ({:.2}s after the command), {} more failed:",
+                f.new.name,
+                back.t1 - f.event_t,
+                late.len()
+            );
+            for a in late.iter().take(10) {
+                println!(
+                    "        t+{:.2}s..{:.2}s  {}",
+                    a.t0 - f.event_t,
+                    a.t1 - f.event_t,
+                    a.err.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
     let first_after = |needle: String| {
         agent
             .log_times(&needle)
@@ -544,6 +573,14 @@ fn run(interactive: bool) -> anyhow::Result<bool> {
     })();
 
     n.step("teardown: pgsvc, probes, sandbox namespaces, processes and pins");
+    if !matches!(result, Ok(true))
+        && let Some(dest) = sb.keep_logs()
+    {
+        println!(
+            "    logs, events and probe records kept in {}",
+            dest.display()
+        );
+    }
     let id = sb.id.clone();
     let pins = sb.pin_dir().to_path_buf();
     drop(sb);
