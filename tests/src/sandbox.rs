@@ -32,6 +32,8 @@ use crate::{
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 /// The LB host's own address (pgsvc's SNAT address).
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The client host's address.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 /// pgsvc's admin API, on the LB's address so that the client host reaches it.
 pub const ADMIN: &str = "198.18.0.2:9102";
 /// The sandbox's test user and database.
@@ -240,6 +242,8 @@ pub struct Sandbox {
     pub up_log: String,
     cl: Option<NsWorker<()>>,
     pass: Option<NsWorker<Option<PassProgram>>>,
+    /// Pass programs on the members' bridge ports (the node-resident topology).
+    node_pass: Option<NsWorker<Vec<PassProgram>>>,
     pin_dir: PathBuf,
     cancel: Option<&'static AtomicBool>,
     /// The pgsandbox script this sandbox runs ([`pgsandbox_path`] unless [`Self::up_from`]).
@@ -274,6 +278,7 @@ impl Sandbox {
             up_log: String::new(),
             cl: None,
             pass: None,
+            node_pass: None,
             cancel: None,
         };
         let out = sb
@@ -462,6 +467,14 @@ impl Sandbox {
             .run(move |()| f())
     }
 
+    /// An HTTP GET of the admin API of the pgsvc at `addr`:9102 from the client host.
+    pub fn admin_get_at(&self, addr: Ipv4Addr, path: &str) -> std::io::Result<(u16, String)> {
+        let path = path.to_owned();
+        self.on_client(move || {
+            crate::netns::http_request(SocketAddr::from((addr, 9102)), "GET", &path)
+        })
+    }
+
     /// An HTTP GET of pgsvc's admin API from the client host: (status, body).
     pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
         let path = path.to_owned();
@@ -557,9 +570,107 @@ impl Sandbox {
         }
     }
 
+    /// Where [`Self::start_node_pgsvc`] pins member `m`'s pgsvc.
+    pub fn node_pin_dir(&self, m: Member) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/{}-{}", self.id, m.host))
+    }
+
+    /// The node-resident topology (Pigsty's default): `pgsvc run` in member `m`'s own namespace on its
+    /// eth0 (native XDP), with the sandbox inventory and the admin API on the member's address, plus
+    /// `extra` arguments; no `--vip` (`pgsandbox vip start` moves the VIP with the leader key, as
+    /// vip-manager does). Logs to `<state>/logs/pgsvc-<host>.log`; waits until `/ready` answers 200.
+    pub fn start_node_pgsvc(&mut self, m: Member, extra: &[&str]) -> anyhow::Result<Pgsvc> {
+        self.attach_node_pass()?;
+        ensure_bpffs();
+        let log = self
+            .state
+            .join("logs")
+            .join(format!("pgsvc-{}.log", m.host));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let admin = format!("{}:9102", m.addr);
+        let mut cmd = Command::new(pgsvc_binary());
+        cmd.args(["--netns", &self.ns(m.host), "run", "--config"])
+            .arg(inventory_path())
+            .args([
+                "--cluster",
+                "pg-test",
+                "--iface",
+                "eth0",
+                "--xdp-mode",
+                "native",
+            ])
+            .args(["--admin", &admin, "--pin-dir"])
+            .arg(self.node_pin_dir(m))
+            .args(["--log", "info"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().context("log file")?)
+            .stderr(file)
+            .process_group(0);
+        let agent = Pgsvc {
+            child: ChildGuard::spawn(cmd),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = self.admin_get_at(m.addr, "/ready") {
+                return Ok(agent);
+            }
+            self.check_cancel()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "pgsvc on {} did not become ready in 30 s; its log:\n{}",
+                    m.name,
+                    agent.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Attaches the pass-through XDP program to the members' bridge ports (n1..n3 in the switch
+    /// namespace), for the native-mode `XDP_TX` of a pgsvc on every node.
+    fn attach_node_pass(&mut self) -> anyhow::Result<()> {
+        if self.node_pass.is_some() {
+            return Ok(());
+        }
+        let worker = NsWorker::start(&self.ns("sw"), Vec::new);
+        worker
+            .run(|progs: &mut Vec<PassProgram>| -> anyhow::Result<()> {
+                for port in ["n1", "n2", "n3"] {
+                    progs.push(PassProgram::attach(port, None)?);
+                }
+                Ok(())
+            })
+            .context("attaching the pass program to the members' bridge ports")?;
+        self.node_pass = Some(worker);
+        Ok(())
+    }
+
+    /// `pgsandbox vip start`: the VIP follows the leader key (the sandbox's vip-manager).
+    pub fn start_vip_follower(&self) -> anyhow::Result<()> {
+        self.run(&["vip", "start"]).map(drop)
+    }
+
+    /// The member whose eth0 holds the VIP now (`pgsandbox vip status`), if any.
+    pub fn vip_holder(&self) -> Option<Member> {
+        let out = self.run(&["vip", "status"]).ok()?;
+        out.lines().find_map(Member::by_name)
+    }
+
     /// `pgsandbox wait-writes VIP:port SECONDS`: until one write through the service commits.
     pub fn wait_writes(&self, port: u16, secs: u32) -> anyhow::Result<()> {
-        self.run(&["wait-writes", &format!("{VIP}:{port}"), &secs.to_string()])
+        self.wait_writes_at(VIP, port, secs)
+    }
+
+    /// `pgsandbox wait-writes host:port SECONDS`.
+    pub fn wait_writes_at(&self, host: Ipv4Addr, port: u16, secs: u32) -> anyhow::Result<()> {
+        self.run(&["wait-writes", &format!("{host}:{port}"), &secs.to_string()])
             .map(drop)
     }
 
@@ -691,13 +802,25 @@ impl Sandbox {
     /// connection to VIP:port every 50 ms, one JSON line per attempt in `<state>/probe-<name>.jsonl`.
     /// Stops after `max` at the latest.
     pub fn probe(&self, port: u16, name: &str, read: bool, max: Duration) -> anyhow::Result<Probe> {
+        self.probe_at(VIP, port, name, read, max)
+    }
+
+    /// [`Self::probe`] through `host:port` (a node's own address in the node-resident topology).
+    pub fn probe_at(
+        &self,
+        host: Ipv4Addr,
+        port: u16,
+        name: &str,
+        read: bool,
+        max: Duration,
+    ) -> anyhow::Result<Probe> {
         let out = self.state.join(format!("probe-{name}.jsonl"));
         let run_id = format!("{}-{name}", self.id);
         let mut args = vec![
             "probe".to_owned(),
             "run".to_owned(),
             "--host".to_owned(),
-            VIP.to_string(),
+            host.to_string(),
             "--port".to_owned(),
             port.to_string(),
             "--interval".to_owned(),
@@ -926,6 +1049,7 @@ impl Drop for Sandbox {
         self.cl.take();
         // detach before the namespace (and its veth) goes
         self.pass.take();
+        self.node_pass.take();
         // its own process group: a second Ctrl-C does not cut the teardown short
         match self
             .command(&["down", &self.id])
