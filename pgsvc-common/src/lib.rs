@@ -80,6 +80,9 @@ pub mod programs {
     /// In the separate `pgsvc-pass` object: passes everything. Attached to the peer of a veth so that
     /// native-mode `XDP_TX` frames are delivered (veth drops them when the peer has no XDP program).
     pub const PASS: &str = "pgsvc_pass";
+    /// The TC egress (clsact) program on the attached interface: restores the service address and
+    /// port on the replies of flows delivered to a local member (see `BE_F_LOCAL`).
+    pub const TC_EGRESS: &str = "pgsvc_tc_egress";
 }
 
 /// `CONFIG[0]`: global settings written by the agent before traffic is steered.
@@ -273,6 +276,11 @@ const _: () = assert!(size_of::<Backend>() == 36);
 pub const BE_F_UP: u16 = 1 << 0;
 /// The slot is in use by a server of `svc_id`.
 pub const BE_F_ALLOCATED: u16 = 1 << 1;
+/// The server's address is a local address of this node (the node-resident topology): its flows
+/// keep the client's source address, are translated to the member's address and port in place and
+/// passed to the node's own stack; the TC egress program translates the replies back. Such a flow
+/// has `snat_port == 0` ([`Flow::is_local`]).
+pub const BE_F_LOCAL: u16 = 1 << 2;
 
 /// `FLOWS` key: a client connection as it arrives (network order).
 #[repr(C)]
@@ -324,6 +332,14 @@ pub struct Flow {
 }
 const _: () = assert!(size_of::<Flow>() == 40);
 
+impl Flow {
+    /// Delivered to a local member (no SNAT port: SNAT ports are never 0).
+    #[inline(always)]
+    pub const fn is_local(&self) -> bool {
+        self.snat_port == 0
+    }
+}
+
 /// `NAT_REV` key: a translated connection as the backend answers it (network order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -344,6 +360,24 @@ impl NatKey {
             snat_addr: daddr,
             backend_port: sport,
             snat_port: dport,
+        }
+    }
+
+    /// The reverse entry of the flow `key` → `flow`: for a full-NAT flow the backend's answer to
+    /// (`snat_addr`, SNAT port); for a local flow ([`Flow::is_local`]) the local member's answer
+    /// to the client itself (member address and port → client address and port), as the TC
+    /// egress program reads it from the reply.
+    #[inline(always)]
+    pub const fn for_flow(key: &FlowKey, flow: &Flow, snat_addr: u32) -> Self {
+        if flow.is_local() {
+            Self::of_packet(
+                flow.backend_addr,
+                key.client_addr,
+                flow.backend_port,
+                key.client_port,
+            )
+        } else {
+            Self::of_flow(flow, snat_addr)
         }
     }
 
@@ -497,6 +531,14 @@ pub enum Reason {
     /// The IPv4 total length claims more bytes than the frame has: passed untouched (the kernel
     /// drops it).
     PassBadLength = 23,
+    /// Client → service packet opening a flow to a local member: translated in place (destination
+    /// → the member's address and port, source kept) and passed to the node's stack.
+    PassLocalNew = 24,
+    /// Client → service packet of an established flow to a local member: translated and passed.
+    PassLocalEstablished = 25,
+    /// Local member → client reply translated back by the TC egress program (source → the
+    /// address and port the client dialled).
+    ReverseLocal = 26,
 }
 
 /// What the XDP program does with a packet, by [`Reason::action`].
@@ -515,7 +557,7 @@ pub enum Action {
 const _: () = assert!(Reason::COUNT <= 32);
 
 impl Reason {
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 27;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassNotIpv4,
         Self::PassNotTcp,
@@ -541,6 +583,9 @@ impl Reason {
         Self::PassNotLocal,
         Self::PassBadChecksum,
         Self::PassBadLength,
+        Self::PassLocalNew,
+        Self::PassLocalEstablished,
+        Self::ReverseLocal,
     ];
 
     /// The reason with discriminant `v`.
@@ -567,7 +612,9 @@ impl Reason {
             | Self::PassNotReady
             | Self::PassNotLocal
             | Self::PassBadChecksum
-            | Self::PassBadLength => Action::Pass,
+            | Self::PassBadLength
+            | Self::PassLocalNew
+            | Self::PassLocalEstablished => Action::Pass,
             Self::DropNoNextHop
             | Self::DropServiceMaxconn
             | Self::DropBackendMaxconn
@@ -581,7 +628,8 @@ impl Reason {
             | Self::FwdEstablished
             | Self::Reverse
             | Self::RstNoFlow
-            | Self::RstBackendDown => Action::Transmit,
+            | Self::RstBackendDown
+            | Self::ReverseLocal => Action::Transmit,
         }
     }
 
@@ -633,6 +681,9 @@ impl Reason {
             Self::PassNotLocal => "pass_not_local",
             Self::PassBadChecksum => "pass_bad_checksum",
             Self::PassBadLength => "pass_bad_length",
+            Self::PassLocalNew => "pass_local_new",
+            Self::PassLocalEstablished => "pass_local_established",
+            Self::ReverseLocal => "reverse_local",
         }
     }
 }
@@ -740,6 +791,17 @@ mod tests {
             ..NatRev::default()
         };
         assert_eq!(rev.flow_key(), fk);
+        // A local flow (no SNAT port): the member's reply to the client itself.
+        let local = Flow {
+            snat_port: 0,
+            ..flow
+        };
+        assert!(local.is_local() && !flow.is_local());
+        assert_eq!(
+            NatKey::for_flow(&fk, &local, snat),
+            NatKey::of_packet(backend, client, bport, cport)
+        );
+        assert_eq!(NatKey::for_flow(&fk, &flow, snat), nk);
         // Swapped ports or addresses are different flows.
         assert_ne!(FlowKey::of_packet(client, vip, vport, cport), fk);
         assert_ne!(NatKey::of_packet(snat, backend, sport, bport), nk);

@@ -5,14 +5,14 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use pgsvc_common::{
-    Action, BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason,
-    SNAT_TRIES, SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_ACK, TCP_F_FIN,
-    TCP_F_RST, TCP_F_SYN, open_conns,
+    Action, BE_F_LOCAL, BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev,
+    Reason, SNAT_TRIES, SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceRuntime, ServiceState,
+    TCP_F_ACK, TCP_F_FIN, TCP_F_RST, TCP_F_SYN, open_conns,
 };
 use pgsvc_ebpf::hash;
 
 use crate::{
-    Verdict, atomic,
+    Verdict, atomic, local,
     maps::{self, BACKENDS, FLOWS, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE, SVC_TABLE},
     nat::{self, Tuple},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
@@ -119,7 +119,7 @@ fn established(
     let down = svc.flags & SVC_F_SHUTDOWN_SESSIONS != 0 && be.flags & BE_F_UP == 0;
     if gone || down {
         close_flow(flow);
-        let _ = NAT_REV.remove(nat_key_of(flow));
+        let _ = NAT_REV.remove(rev_key(key, flow));
         let _ = FLOWS.remove(key);
         // Counted only once the RST is built (an incoming RST is not answered).
         let v = rst::reply(ctx, pkt, Reason::RstBackendDown)?;
@@ -134,6 +134,16 @@ fn established(
     touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {
         close_flow(flow);
+    }
+    if flow.is_local() {
+        stats::count_in(flow.svc_id, flow.backend_id, pkt.payload_len);
+        return local::dnat_and_pass(
+            ctx,
+            pkt,
+            flow.backend_addr,
+            flow.backend_port,
+            Reason::PassLocalEstablished,
+        );
     }
     let cfg = crate::config()?;
     let hop = match xmit::hop_to_backend(ctx, cfg, be, pkt) {
@@ -194,6 +204,9 @@ fn admit(
     let h = hash::flow4(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport);
     let backend_id = select::pick(svc.algorithm, set, rt, h)?;
     let be = BACKENDS.get(backend_id).ok_or(Reason::DropNoBackend)?;
+    if be.flags & BE_F_LOCAL != 0 {
+        return admit_local(ctx, pkt, svc_id, svc, key, rt, backend_id, be);
+    }
     let hop = xmit::hop_to_backend(ctx, cfg, be, pkt)?;
     let (client_mac, lb_mac) = xmit::frame_macs(ctx)?;
     let t = now();
@@ -233,15 +246,7 @@ fn admit(
             None => Err(Reason::DropFlowInsert),
         };
     }
-    // SAFETY: as above, atomic access only.
-    unsafe { atomic::add_i64(&raw mut (*rt).conns, 1) };
-    select::add_backend_conns(backend_id, 1);
-    if let Some(s) = stats::service(svc_id) {
-        s.new_flows += 1;
-    }
-    if let Some(s) = stats::backend(backend_id) {
-        s.new_flows += 1;
-    }
+    count_new_flow(rt, svc_id, backend_id);
 
     let to = Tuple {
         saddr: cfg.snat_addr,
@@ -251,6 +256,85 @@ fn admit(
     };
     stats::count_in(svc_id, backend_id, pkt.payload_len);
     nat::rewrite_and_send(ctx, pkt, &to, &hop, Reason::FwdNew)
+}
+
+/// A new flow to a member on this node: recorded with no SNAT port and a reverse entry keyed by
+/// the member's reply, translated in place and passed to the stack (see local.rs).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined: one step of the entry, not a call"
+)]
+fn admit_local(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    svc_id: u32,
+    svc: &ServiceState,
+    key: &FlowKey,
+    rt: *mut ServiceRuntime,
+    backend_id: u32,
+    be: &Backend,
+) -> Result<Verdict, Reason> {
+    local::require_local_daddr(pkt)?;
+    let (client_mac, lb_mac) = xmit::frame_macs(ctx)?;
+    let t = now();
+    let flow = Flow {
+        backend_id,
+        backend_epoch: be.epoch,
+        svc_id,
+        backend_addr: be.addr,
+        backend_port: be.port,
+        snat_port: 0,
+        client_flags: TCP_F_SYN,
+        _pad0: [0; 3],
+        closing: 0,
+        last_seen_ns: t,
+    };
+    if FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)).is_err() {
+        // Another CPU created this flow from a retransmitted SYN first: follow its choice.
+        return match FLOWS.get_ptr_mut(key) {
+            // SAFETY: as in `forward`.
+            Some(f) => established(ctx, pkt, svc, key, unsafe { &mut *f }),
+            None => Err(Reason::DropFlowInsert),
+        };
+    }
+    let rev = NatRev {
+        client_addr: pkt.saddr,
+        vip: pkt.daddr,
+        client_port: pkt.sport,
+        vport: pkt.dport,
+        client_ifindex: ctx.ingress_ifindex() as u32,
+        client_mac,
+        lb_mac,
+        backend_id,
+        svc_id,
+        backend_flags: 0,
+        _pad: [0; 3],
+        last_seen_ns: t,
+    };
+    // Keyed by the member's reply; a leftover entry of an earlier flow with the same 4-tuple is
+    // simply replaced (the forward insert above decided that this flow is the new one).
+    if NAT_REV.insert(rev_key(key, &flow), rev, 0).is_err() {
+        let _ = FLOWS.remove(key);
+        return Err(Reason::DropFlowInsert);
+    }
+    count_new_flow(rt, svc_id, backend_id);
+    stats::count_in(svc_id, backend_id, pkt.payload_len);
+    local::dnat_and_pass(ctx, pkt, be.addr, be.port, Reason::PassLocalNew)
+}
+
+/// A flow was created: it counts as a connection of its service and backend.
+#[inline(always)]
+fn count_new_flow(rt: *mut ServiceRuntime, svc_id: u32, backend_id: u32) {
+    // SAFETY: array map value; `conns` is only modified atomically.
+    unsafe { atomic::add_i64(&raw mut (*rt).conns, 1) };
+    select::add_backend_conns(backend_id, 1);
+    if let Some(s) = stats::service(svc_id) {
+        s.new_flows += 1;
+    }
+    if let Some(s) = stats::backend(backend_id) {
+        s.new_flows += 1;
+    }
 }
 
 /// Claims a free SNAT port toward this backend by inserting the reverse entry; tries a few hashed
@@ -275,6 +359,13 @@ fn alloc_snat_port(cfg: &Config, be: &Backend, rev: &NatRev, h: u32) -> Result<u
     Err(Reason::DropSnatExhausted)
 }
 
+/// The reverse entry of the flow `key` → `flow`, full-NAT or local.
+#[inline(always)]
+pub fn rev_key(key: &FlowKey, flow: &Flow) -> NatKey {
+    let snat_addr = crate::maps::CONFIG.get(0).map(|c| c.snat_addr).unwrap_or(0);
+    NatKey::for_flow(key, flow, snat_addr)
+}
+
 #[inline(always)]
 fn nat_key_of(flow: &Flow) -> NatKey {
     let snat_addr = crate::maps::CONFIG.get(0).map(|c| c.snat_addr).unwrap_or(0);
@@ -283,7 +374,7 @@ fn nat_key_of(flow: &Flow) -> NatKey {
 
 /// Marks a flow closing; the first caller drops the service's and the backend's counters.
 #[inline(always)]
-fn close_flow(flow: &mut Flow) {
+pub fn close_flow(flow: &mut Flow) {
     // SAFETY: `closing` is only accessed atomically once the flow is in the map.
     let was = unsafe { atomic::swap_u64(&raw mut flow.closing, 1) };
     if was != 0 {
@@ -308,8 +399,14 @@ fn close_flow(flow: &mut Flow) {
 #[inline(always)]
 fn remove_flow(key: &FlowKey, flow: &mut Flow, _cfg: &Config) {
     close_flow(flow);
-    let _ = NAT_REV.remove(nat_key_of(flow));
+    let _ = NAT_REV.remove(rev_key(key, flow));
     let _ = FLOWS.remove(key);
+}
+
+/// Records a packet of the backend's direction on its reverse entry.
+#[inline(always)]
+pub fn touch_rev(rev: &mut NatRev, tcp_flags: u8) {
+    touch(&mut rev.last_seen_ns, &mut rev.backend_flags, tcp_flags);
 }
 
 /// Backend → SNAT address packet.

@@ -12,6 +12,7 @@
 
 mod atomic;
 mod conntrack;
+mod local;
 mod maps;
 mod nat;
 mod parse;
@@ -19,6 +20,7 @@ mod rst;
 mod scope;
 mod select;
 mod stats;
+mod tc;
 mod verify;
 mod xmit;
 

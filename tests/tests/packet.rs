@@ -824,3 +824,126 @@ fn rst_sent_counts_only_resets_that_were_transmitted() {
     assert_eq!(rst_sent(&r), 2);
     assert_eq!(r.reason(Reason::DropRstUnanswered), 4);
 }
+
+/// The node-resident topology: the VIP service's only member is on this node itself (at the
+/// node's address `LB`), and a remote member `B1` for the second service.
+fn local_rig(test: &str) -> Option<Rig> {
+    let mut r = rig(
+        test,
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", LB, true)],
+    )?;
+    let changed =
+        r.dp.set_local_scope(&LocalScope {
+            if_mac: LB_MAC,
+            vip_mac: None,
+            addrs: vec![LB, VIP],
+        })
+        .expect("local scope");
+    assert!(changed);
+    Some(r)
+}
+
+const TC_ACT_OK: u32 = 0;
+
+#[test]
+fn a_local_member_gets_its_flows_translated_in_place_and_passed_to_the_stack() {
+    let Some(mut r) = local_rig("local_member_dnat") else {
+        return;
+    };
+    // SYN to VIP:5433 → the node's own pgbouncer at LB:6432, client address kept, frame passed.
+    let syn = Tcp::new((CLIENT, 34000), (VIP, 5433), SYN).frame();
+    let (action, out) = r.run(&syn);
+    assert_eq!(action, XDP_PASS, "a local member's SYN goes to the stack");
+    let p = parse_verified(&out).expect("checksums of the translated SYN");
+    assert_eq!(
+        (p.src, p.sport, p.dst, p.dport),
+        (CLIENT, 34000, LB, 6432),
+        "destination translated, source kept"
+    );
+    assert_eq!(
+        (p.dst_mac, p.src_mac),
+        (LB_MAC, CLIENT_MAC),
+        "MACs untouched"
+    );
+    assert_eq!(r.reason(Reason::PassLocalNew), 1);
+    assert_eq!(r.reason(Reason::FwdNew), 0);
+    assert_eq!(r.dp.flow_count(), 1);
+    assert_eq!(
+        r.dp.backend_conns(SVC).expect("datapath call"),
+        vec![("pg-test-1".into(), 1)]
+    );
+    // Established client data follows the same translation.
+    let mut data = Tcp::new((CLIENT, 34000), (VIP, 5433), PSH | ACK);
+    data.payload = b"select 1;".to_vec();
+    let (action, out) = r.run(&data.frame());
+    assert_eq!(action, XDP_PASS);
+    let p = parse_verified(&out).expect("checksums");
+    assert_eq!((p.src, p.dst, p.dport), (CLIENT, LB, 6432));
+    assert_eq!(p.payload, b"select 1;");
+    assert_eq!(r.reason(Reason::PassLocalEstablished), 1);
+
+    // The member's reply leaves through TC egress with the address and port the client dialled.
+    let mut reply = Tcp::new((LB, 6432), (CLIENT, 34000), SYN | ACK);
+    reply.src_mac = LB_MAC;
+    reply.dst_mac = CLIENT_MAC;
+    reply.payload = b"hello".to_vec();
+    let run = r.dp.run_tc_egress(&reply.frame()).expect("tc test run");
+    assert_eq!(run.action, TC_ACT_OK);
+    let p = parse_verified(&run.output).expect("checksums of the translated reply");
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 5433, CLIENT, 34000));
+    assert_eq!(p.payload, b"hello");
+    assert_eq!(r.reason(Reason::ReverseLocal), 1);
+    let s = r.dp.service_stats(SVC).expect("stats");
+    assert_eq!(
+        (s.new_flows, s.packets_in, s.packets_out, s.bytes_out),
+        (1, 2, 1, 5)
+    );
+
+    // The node's own traffic from the same port to another peer leaves byte for byte.
+    let own = Tcp::new((LB, 6432), (CLIENT, 34001), PSH | ACK).frame();
+    let run = r.dp.run_tc_egress(&own).expect("tc test run");
+    assert_eq!((run.action, run.output), (TC_ACT_OK, own));
+    assert_eq!(r.reason(Reason::ReverseLocal), 1);
+
+    // A FIN from the member closes the flow: the connection stops counting.
+    let fin = Tcp::new((LB, 6432), (CLIENT, 34000), FIN | ACK).frame();
+    let run = r.dp.run_tc_egress(&fin).expect("tc test run");
+    assert_eq!(run.action, TC_ACT_OK);
+    assert_eq!(
+        r.dp.backend_conns(SVC).expect("datapath call"),
+        vec![("pg-test-1".into(), 0)]
+    );
+    assert_eq!(r.dp.service_conns(SVC).expect("conns"), 0);
+}
+
+#[test]
+fn local_member_flows_obey_shutdown_sessions_and_the_node_addresses() {
+    let Some(mut r) = local_rig("local_member_down") else {
+        return;
+    };
+    let (action, _) = r.run(&Tcp::new((CLIENT, 34100), (VIP, 5433), SYN).frame());
+    assert_eq!(action, XDP_PASS);
+    // The member goes DOWN (shutdown-sessions): the client's next packet is answered with a RST.
+    r.dp.set_backends(SVC, &[backend("pg-test-1", LB, false)])
+        .expect("backends");
+    let (action, out) = r.run(&Tcp::new((CLIENT, 34100), (VIP, 5433), PSH | ACK).frame());
+    assert_eq!(action, XDP_TX);
+    let p = parse_verified(&out).expect("RST checksums");
+    assert_eq!((p.src, p.dst, p.flags & RST), (VIP, CLIENT, RST));
+    assert_eq!(r.dp.flow_count(), 0);
+    // Back UP; the VIP leaves the node: a SYN to it is not handed to the local member.
+    r.dp.set_backends(SVC, &[backend("pg-test-1", LB, true)])
+        .expect("backends");
+    r.dp.set_local_scope(&LocalScope {
+        if_mac: LB_MAC,
+        vip_mac: None,
+        addrs: vec![LB],
+    })
+    .expect("scope");
+    let f = Tcp::new((CLIENT, 34101), (VIP, 5433), SYN).frame();
+    assert_eq!(r.run(&f), (XDP_PASS, f.clone()), "passed untouched");
+    assert_eq!(r.reason(Reason::PassNotLocal), 1);
+    assert_eq!(r.dp.flow_count(), 0);
+}

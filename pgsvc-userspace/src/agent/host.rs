@@ -35,6 +35,47 @@ pub enum HostError {
         iface: String,
         stderr: String,
     },
+    #[error(
+        "server {server} at {addr} is an address of this node, but not on --iface {iface}: a local member is served only through the interface pgsvc is attached to (its replies are translated there); attach pgsvc to the interface that holds {addr}, or move the address to {iface}"
+    )]
+    LocalMemberOffIface {
+        server: String,
+        addr: Ipv4Addr,
+        iface: String,
+    },
+}
+
+/// Refuses a plan with a member whose address is local to this node but not on `iface`: its
+/// replies would leave through another interface, past the TC program that translates them, so
+/// the flows could never work. Checked at start, before anything is attached.
+///
+/// # Errors
+/// [`HostError::LocalMemberOffIface`] for the first such server.
+pub fn check_local_members<'a>(
+    servers: impl IntoIterator<Item = (&'a str, Ipv4Addr)>,
+    iface: &str,
+) -> Result<(), HostError> {
+    misplaced_member(servers, &ipv4_addrs(Some(iface)), &ipv4_addrs(None)).map_or(
+        Ok(()),
+        |(server, addr)| {
+            Err(HostError::LocalMemberOffIface {
+                server: server.to_owned(),
+                addr,
+                iface: iface.to_owned(),
+            })
+        },
+    )
+}
+
+/// The first server at a node address (`all`) that is not an address of the interface (`on_iface`).
+fn misplaced_member<'a>(
+    servers: impl IntoIterator<Item = (&'a str, Ipv4Addr)>,
+    on_iface: &[Ipv4Addr],
+    all: &[Ipv4Addr],
+) -> Option<(&'a str, Ipv4Addr)> {
+    servers
+        .into_iter()
+        .find(|(_, a)| all.contains(a) && !on_iface.contains(a))
 }
 
 /// The first IPv4 address of `iface` other than `except` (the VIP).
@@ -136,6 +177,7 @@ pub fn add_vip(iface: &str, addr: Ipv4Addr, prefix: u8) -> Result<bool, HostErro
     })
 }
 
+/// Removes the VIP the agent added.
 pub fn remove_vip(iface: &str, addr: Ipv4Addr, prefix: u8) {
     let cidr = format!("{addr}/{prefix}");
     match std::process::Command::new("ip")
@@ -144,5 +186,31 @@ pub fn remove_vip(iface: &str, addr: Ipv4Addr, prefix: u8) {
     {
         Ok(s) if s.success() => info!(vip = cidr, iface, "VIP removed"),
         _ => warn!(vip = cidr, iface, "removing the VIP failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_member_must_be_on_the_interface() {
+        let node = Ipv4Addr::new(198, 18, 0, 11);
+        let other_nic = Ipv4Addr::new(198, 18, 1, 11);
+        let remote = Ipv4Addr::new(198, 18, 0, 12);
+        let on_iface = [node];
+        let all = [Ipv4Addr::LOCALHOST, node, other_nic];
+        let ok = [("pg-test-1", node), ("pg-test-2", remote)];
+        assert_eq!(misplaced_member(ok, &on_iface, &all), None);
+        let bad = [("pg-test-1", node), ("pg-test-3", other_nic)];
+        assert_eq!(
+            misplaced_member(bad, &on_iface, &all),
+            Some(("pg-test-3", other_nic))
+        );
+        let lo = [("pg-test-1", Ipv4Addr::LOCALHOST)];
+        assert_eq!(
+            misplaced_member(lo, &on_iface, &all),
+            Some(("pg-test-1", Ipv4Addr::LOCALHOST))
+        );
     }
 }

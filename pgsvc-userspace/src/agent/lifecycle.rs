@@ -53,6 +53,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let Some((_, iface_mac)) = neigh::interface(&opts.iface) else {
         bail!("interface {} does not exist", opts.iface);
     };
+    host::check_local_members(
+        services
+            .iter()
+            .flat_map(|s| s.servers.iter().map(|m| (m.name.as_str(), m.addr))),
+        &opts.iface,
+    )?;
     let snat_addr = match opts.snat_ip {
         Some(a) => a,
         None => host::first_ipv4(&opts.iface, opts.vip.map(|v| v.0)).with_context(|| {

@@ -43,6 +43,13 @@ pub fn nat_key_of(flow: &Flow, snat: u32) -> NatKey {
     NatKey::of_flow(flow, snat)
 }
 
+/// The reverse key of the flow `key` → `flow`: full-NAT (`snat`, network order) or local (the
+/// member's reply to the client).
+#[must_use]
+pub fn rev_key_of(key: &FlowKey, flow: &Flow, snat: u32) -> NatKey {
+    NatKey::for_flow(key, flow, snat)
+}
+
 /// Open connections from a pair of counters: opened by the datapath, released by either side
 /// (never negative: a release may land before the open it pairs with is summed).
 #[must_use]

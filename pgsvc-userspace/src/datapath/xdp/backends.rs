@@ -80,7 +80,8 @@ impl XdpDatapath {
                 flush.push(id);
                 info!(port = entry.spec.port, server = %spec.name, "server down: its sessions are shut down");
             }
-            let value = Self::backend_value(entry.id, epoch, spec, hop);
+            let mut value = Self::backend_value(entry.id, epoch, spec, hop);
+            value.flags = super::tc::local_flag(value.flags, self.local_addrs.contains(&spec.addr));
             self.maps
                 .backends
                 .set(id, value, 0)

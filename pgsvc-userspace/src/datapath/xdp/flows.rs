@@ -38,7 +38,7 @@ impl XdpDatapath {
                 // always get a new epoch first; kept for safety).
                 continue;
             }
-            let _ = self.maps.nat_rev.remove(&keys::nat_key_of(flow, snat));
+            let _ = self.maps.nat_rev.remove(&keys::rev_key_of(key, flow, snat));
             if self.maps.flows.remove(key).is_ok() && flow.closing == 0 {
                 *released.entry(flow.svc_id).or_default() += 1;
             }
@@ -64,7 +64,7 @@ impl XdpDatapath {
         let mut svc_rel: StdHashMap<u32, i64> = StdHashMap::new();
         let mut be_rel: StdHashMap<u32, i64> = StdHashMap::new();
         for (key, flow) in &flows {
-            let nat_key = keys::nat_key_of(flow, snat);
+            let nat_key = keys::rev_key_of(key, flow, snat);
             let rev = self.maps.nat_rev.get(&nat_key, 0).ok();
             // The clock stands still while no agent runs: activity during that time is stamped with
             // the moment it stopped, so idleness is never counted from before this agent started.

@@ -67,7 +67,9 @@ impl XdpDatapath {
                 continue;
             };
             be.hop = hop;
-            let value = Self::backend_value(svc_id, be.epoch, &be.spec, hop);
+            let mut value = Self::backend_value(svc_id, be.epoch, &be.spec, hop);
+            value.flags =
+                super::tc::local_flag(value.flags, self.local_addrs.contains(&be.spec.addr));
             self.maps
                 .backends
                 .set(be.id, value, 0)

@@ -46,6 +46,7 @@ impl XdpDatapath {
                         mode: "adopted",
                         pin,
                     });
+                    self.attach_tc_egress(iface)?;
                     return Ok("adopted");
                 }
                 Err(e) => {
@@ -112,6 +113,7 @@ impl XdpDatapath {
             mode: mode_name,
             pin,
         });
+        self.attach_tc_egress(iface)?;
         Ok(mode_name)
     }
 

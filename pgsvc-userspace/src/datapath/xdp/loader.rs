@@ -99,6 +99,7 @@ impl XdpDatapath {
             program: name,
             source: Box::new(e),
         })?;
+        super::tc::load_tc_egress(&mut ebpf)?;
         let maps = Maps {
             config: take(&mut ebpf, map_names::CONFIG)?,
             services: take(&mut ebpf, map_names::SERVICES)?,
@@ -130,6 +131,7 @@ impl XdpDatapath {
             adopted,
             static_hops: StdHashMap::new(),
             started_ns: monotonic_coarse_ns(),
+            local_addrs: std::collections::HashSet::new(),
         };
         dp.scan_slots()?;
         dp.write_config()?;

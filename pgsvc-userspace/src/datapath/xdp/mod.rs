@@ -19,11 +19,12 @@ mod scope;
 mod services;
 mod slots;
 mod stats;
+mod tc;
 #[cfg(feature = "test-hooks")]
 mod testrun;
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
     net::Ipv4Addr,
     ops::RangeInclusive,
     path::{Path, PathBuf},
@@ -140,6 +141,8 @@ pub struct XdpDatapath {
     static_hops: StdHashMap<Ipv4Addr, NextHop>,
     /// When this agent loaded (monotonic coarse ns).
     started_ns: u64,
+    /// The node's IPv4 addresses: a backend at one of them is a local member (`BE_F_LOCAL`).
+    local_addrs: HashSet<Ipv4Addr>,
 }
 
 impl XdpDatapath {
@@ -217,6 +220,7 @@ impl Datapath for XdpDatapath {
     }
 
     fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, DatapathError> {
-        self.write_local_scope(scope)
+        let changed = self.write_local_scope(scope)?;
+        Ok(self.set_local_addrs(&scope.addrs)? > 0 || changed)
     }
 }
