@@ -370,3 +370,65 @@ fn the_vip_moves_between_nodes_without_a_restart_and_old_flows_are_reset() {
         assert!(a.0.is_some(), "agent {i} exited\n{}", rig.logs());
     }
 }
+
+#[test]
+fn a_local_member_off_the_interface_is_refused_with_nothing_attached() {
+    if !require_root("a_local_member_off_the_interface_is_refused_with_nothing_attached") {
+        return;
+    }
+    // Node 1's own address is on eth0; pg-test-3's address sits on another interface of the same
+    // node (a second NIC): its replies could never pass the TC program on eth0.
+    let ns = pgsvc_tests::guard::NetNs::new("offif");
+    ns.exec(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    ns.exec(&["ip", "addr", "add", "198.18.0.11/24", "dev", "eth0"]);
+    ns.exec(&["ip", "link", "set", "eth0", "up"]);
+    ns.exec(&[
+        "ip", "link", "add", "nic2", "type", "veth", "peer", "name", "nic3",
+    ]);
+    ns.exec(&["ip", "addr", "add", "198.18.0.13/32", "dev", "nic2"]);
+    ns.exec(&["ip", "link", "set", "nic2", "up"]);
+    let dir = std::env::temp_dir().join(unique("offif"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("pigsty.yml");
+    std::fs::write(&config, inventory(FAST, "")).expect("inventory");
+    let pins = PinDir::new("offif");
+    let err_path = dir.join("stderr");
+    let mut cmd = Command::new(pgsvc_bin());
+    cmd.args(["--netns", &ns.name, "run", "--config"])
+        .arg(&config)
+        .args(["--iface", "eth0", "--metrics", "off", "--pin-dir"])
+        .arg(pins.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    // Bounded: an agent that wrongly starts is stopped (and the test fails) after 20 s.
+    let mut agent = ChildGuard::spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(Ok(Some(st))) = agent.0.as_mut().map(std::process::Child::try_wait) {
+            agent.0 = None;
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            break agent
+                .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+                .and(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status.unwrap_or_else(|| panic!("pgsvc started instead of refusing:\n{stderr}"));
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "server pg-test-3 at 198.18.0.13 is an address of this node, but not on --iface eth0"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!pins.path().exists(), "nothing pinned");
+    let link = ns.exec(&["ip", "link", "show", "eth0"]);
+    assert!(!link.contains("xdp"), "nothing attached: {link}");
+}
