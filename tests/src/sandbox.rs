@@ -486,8 +486,13 @@ impl Sandbox {
 
     /// `pgsvc status [--json]` of the agent, run in the client's namespace.
     pub fn pgsvc_status(&self, json: bool) -> anyhow::Result<String> {
+        self.pgsvc_status_of(ADMIN, json)
+    }
+
+    /// `pgsvc status [--json]` of the agent whose admin API is at `admin`, from the client host.
+    pub fn pgsvc_status_of(&self, admin: &str, json: bool) -> anyhow::Result<String> {
         let mut c = Command::new(pgsvc_binary());
-        c.args(["--netns", &self.ns("cl"), "status", "--admin", ADMIN]);
+        c.args(["--netns", &self.ns("cl"), "status", "--admin", admin]);
         if json {
             c.arg("--json");
         }

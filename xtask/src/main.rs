@@ -6,7 +6,7 @@
 //! cargo xtask run [--release] -- <pgsvc args>   build, then run pgsvc
 //! cargo xtask test [--no-setup] [-- <args>]     fmt, clippy and every test tier (root for most)
 //! cargo xtask bench [datapath|e2e|all]          benchmarks into bench/results/
-//! cargo xtask demo [--non-interactive]          the real-cluster failover demo
+//! cargo xtask demo [--non-interactive] [--lb-host]   the real-cluster failover demo
 //! cargo xtask package                           the Debian package (target/debian/pgsvc_*.deb)
 //! cargo xtask soak [--switchovers N]            N switchovers under the writer probe (not in `test`)
 //! ```
@@ -93,6 +93,10 @@ enum Cmd {
         /// Run the scripted demo to its end without waiting for a key press.
         #[arg(long)]
         non_interactive: bool,
+        /// pgsvc on a separate LB host holding the VIP (the second topology) instead of on every
+        /// database node (Pigsty's default).
+        #[arg(long)]
+        lb_host: bool,
         /// Do not run `setup` first.
         #[arg(long)]
         no_setup: bool,
@@ -245,7 +249,7 @@ fn bench(which: Bench, no_setup: bool, extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(non_interactive: bool, no_setup: bool) -> anyhow::Result<()> {
+fn demo(non_interactive: bool, lb_host: bool, no_setup: bool) -> anyhow::Result<()> {
     if !no_setup {
         setup::full(setup::Options {
             system_packages: true,
@@ -269,6 +273,9 @@ fn demo(non_interactive: bool, no_setup: bool) -> anyhow::Result<()> {
     .env("PGSVC_BIN", &pgsvc);
     if non_interactive {
         c.arg("--non-interactive");
+    }
+    if lb_host {
+        c.arg("--lb-host");
     }
     println!("+ {}", cmd::display(&c));
     // exec (cargo run execs the demo in turn): Ctrl-C and SIGTERM reach the demo itself, which
@@ -315,8 +322,9 @@ fn main() -> ExitCode {
         } => bench(which, no_setup, &args).map(|()| ExitCode::SUCCESS),
         Cmd::Demo {
             non_interactive,
+            lb_host,
             no_setup,
-        } => demo(non_interactive, no_setup).map(|()| ExitCode::SUCCESS),
+        } => demo(non_interactive, lb_host, no_setup).map(|()| ExitCode::SUCCESS),
         Cmd::Package => package::package().map(|_| ExitCode::SUCCESS),
         Cmd::Soak {
             switchovers,

@@ -1,9 +1,13 @@
-//! `cargo xtask demo [--non-interactive]`: pgsvc in front of a real Patroni cluster, through a
-//! switchover, narrated.
+//! `cargo xtask demo [--non-interactive] [--lb-host]`: pgsvc in front of a real Patroni cluster,
+//! through a switchover, narrated.
 //!
 //! Brings the sandbox up (etcd, three Patroni/PostgreSQL 15/pgbouncer nodes, an LB host and a client
-//! host in network namespaces on 198.18.0.0/24), starts `pgsvc run` on the LB host with the sandbox's
-//! Pigsty inventory, shows `pgsvc status`, runs a write load through 5433 and a read load through
+//! host in network namespaces on 198.18.0.0/24) and starts pgsvc in Pigsty's default topology: `pgsvc
+//! run` on every database node, the VIP on the leader's node (moved with the leader key by the
+//! sandbox's vip-manager stand-in), each node serving every service of the cluster — its own member
+//! translated in place, the others forwarded. `--lb-host` runs the second topology instead: one
+//! `pgsvc run` on a separate LB host that holds the VIP. Then it shows `pgsvc status`, which member
+//! answers each service port (on every node address and the VIP), runs a write load through 5433 and a read load through
 //! 5434 (a new connection every 50 ms each), switches over while they run, and prints what the
 //! clients saw: errors, the write-unavailability window against the bound the timers imply, which
 //! node took writes before and after, where reads went. Interactive mode waits for Enter before each
@@ -26,8 +30,8 @@ use std::{
 
 use anyhow::Context as _;
 use pgsvc_tests::sandbox::{
-    ADMIN, Attempt, LB_ADDR, Member, Pgsvc, Probe, Sandbox, VIP, epoch, norm, pgsvc_binary,
-    preflight,
+    ADMIN, Attempt, LB_ADDR, MEMBERS, Member, Pgsvc, Probe, Sandbox, VIP, epoch, norm,
+    pgsvc_binary, preflight,
 };
 use serde_json::Value;
 
@@ -471,7 +475,16 @@ fn switchover_round(
     Ok(ok)
 }
 
-fn run(interactive: bool) -> anyhow::Result<bool> {
+/// Where pgsvc runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// On every database node (Pigsty's default), the VIP on the leader's node.
+    Node,
+    /// On a separate LB host holding the VIP.
+    LbHost,
+}
+
+fn run(interactive: bool, topology: Topology) -> anyhow::Result<bool> {
     let mut n = Narrator {
         interactive,
         start: Instant::now(),
@@ -490,12 +503,20 @@ fn run(interactive: bool) -> anyhow::Result<bool> {
     sb.set_cancel(&STOP);
     n.done(&format!("sandbox {} is up", sb.id));
     println!(
-        "    hosts (namespaces {id}-*): cl 198.18.0.10 (clients) -- br0 -- lb {LB_ADDR} + VIP {VIP}\n    \
+        "    hosts (namespaces {id}-*): cl 198.18.0.10 (clients) -- br0 -- {lb}\n    \
          etcd 198.18.0.5; pg-test-1 198.18.0.11 (primary), pg-test-2 198.18.0.12 (replica), \
          pg-test-3 198.18.0.13 (offline)",
-        id = sb.id
+        id = sb.id,
+        lb = if topology == Topology::Node {
+            format!("the three nodes (the VIP {VIP} on the leader's)")
+        } else {
+            format!("lb {LB_ADDR} + VIP {VIP}")
+        }
     );
     let result = (|| -> anyhow::Result<bool> {
+        if topology == Topology::Node {
+            return node_resident(&mut sb, &mut n, interactive);
+        }
         n.step("pgsvc run on the LB host, native XDP on eth0, with the sandbox's Pigsty inventory");
         println!(
             "    pgsvc --netns {} run --config sandbox/pigsty.yml --cluster pg-test --iface eth0 \\\n        \
@@ -594,6 +615,121 @@ fn run(interactive: bool) -> anyhow::Result<bool> {
     Ok(ok && leftovers.is_empty())
 }
 
+/// The node-resident topology: pgsvc on every member's node, the VIP following the leader key.
+fn node_resident(sb: &mut Sandbox, n: &mut Narrator, interactive: bool) -> anyhow::Result<bool> {
+    n.step("pgsvc run on every node (Pigsty's default topology), native XDP on each eth0");
+    println!(
+        "    on each of pg-test-1..3: pgsvc --netns <node> run --config sandbox/pigsty.yml --cluster pg-test \\\n        \
+         --iface eth0 --xdp-mode native --admin <node address>:9102\n    \
+         and the VIP {VIP} on the leader's eth0, moved with Patroni's leader key (pgsandbox vip, as vip-manager does)"
+    );
+    sb.start_vip_follower()?;
+    let mut agents = Vec::new();
+    for m in MEMBERS {
+        check_stop()?;
+        agents.push(sb.start_node_pgsvc(m, &[])?);
+    }
+    n.done(&format!(
+        "pgsvc is ready on all three nodes (pids {}); the VIP is on {}",
+        agents
+            .iter()
+            .map(|a| a.pid().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        sb.vip_holder().map_or("nobody", |m| m.name)
+    ));
+    sb.wait_writes(5433, 60)?;
+
+    n.step("pgsvc status on pg-test-2 (a replica's node: its 5433 forwards to the primary)");
+    print!(
+        "{}",
+        indent(&sb.pgsvc_status_of(&format!("{}:9102", MEMBERS[1].addr), false)?)
+    );
+
+    n.step("one connection per service port on every node address and on the VIP: who answers");
+    let leader = sb.leader().context("finding the primary")?;
+    for host in MEMBERS.iter().map(|m| m.addr).chain([VIP]) {
+        let receiver = if host == VIP {
+            leader
+        } else {
+            MEMBERS
+                .iter()
+                .copied()
+                .find(|m| m.addr == host)
+                .unwrap_or(leader)
+        };
+        for (port, what) in [
+            (5433, "primary (pgbouncer)"),
+            (5434, "replica (pgbouncer)"),
+            (5436, "default (postgres) "),
+            (5438, "offline (postgres) "),
+        ] {
+            check_stop()?;
+            let out = sb.psql_at(
+                &host.to_string(),
+                port,
+                "select host(inet_server_addr()), pg_is_in_recovery(), host(inet_client_addr())",
+            )?;
+            let f: Vec<&str> = out.split_whitespace().collect();
+            let (server, rec, client) = (
+                f.first().copied().unwrap_or("?"),
+                f.get(1).copied() == Some("t"),
+                f.get(2).copied().unwrap_or("?"),
+            );
+            let path = if server == receiver.addr.to_string() {
+                "its own member, translated in place"
+            } else {
+                "forwarded"
+            };
+            println!(
+                "    {:<17} {what} -> {} {} ({path}), sees the client as {client}",
+                format!("{host}:{port}"),
+                member_label(server),
+                if rec { "in recovery" } else { "read-write" },
+            );
+        }
+    }
+
+    // pg-test-3's pgsvc never serves the primary from its own node: its log times the primary
+    // service's changes as any forwarding node sees them.
+    let mut all_ok = switchover_round(sb, &agents[2], n, 1)?;
+
+    n.step("pgsvc status on the new primary's node after the switchover");
+    let now_leader = sb.leader().context("finding the primary")?;
+    print!(
+        "{}",
+        indent(&sb.pgsvc_status_of(&format!("{}:9102", now_leader.addr), false)?)
+    );
+    println!(
+        "    the VIP is on {}",
+        sb.vip_holder().map_or("nobody", |m| m.name)
+    );
+    if interactive {
+        println!(
+            "\n    The sandbox stays up. From another shell (as root), for example:\n      \
+             ip netns exec {cl} psql 'host={VIP} port=5433 user=dbuser_test password=DBUser.Test dbname=test'\n      \
+             {bin} --netns {cl} status --admin 198.18.0.12:9102\n      \
+             PGSB_ID={id} sandbox/pgsandbox status\n    \
+             Press Enter for another switchover under load; Ctrl-C tears everything down.",
+            cl = sb.ns("cl"),
+            bin = pgsvc_binary().display(),
+            id = sb.id
+        );
+        let mut round = 1;
+        while wait_enter()? {
+            round += 1;
+            n.total += 3;
+            all_ok &= switchover_round(sb, &agents[2], n, round)?;
+            println!("\n    Press Enter for another switchover; Ctrl-C tears everything down.");
+        }
+        while !stopped() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    drop(agents);
+    Ok(all_ok)
+}
+
 /// Namespaces, pins and state of sandbox `id` that still exist.
 fn leftovers(id: &str, pins: &std::path::Path) -> Vec<String> {
     let mut left = Vec::new();
@@ -612,6 +748,9 @@ fn leftovers(id: &str, pins: &std::path::Path) -> Vec<String> {
     for p in [
         pins.to_path_buf(),
         PathBuf::from(format!("/sys/fs/bpf/{id}")),
+        PathBuf::from(format!("/sys/fs/bpf/{id}-n1")),
+        PathBuf::from(format!("/sys/fs/bpf/{id}-n2")),
+        PathBuf::from(format!("/sys/fs/bpf/{id}-n3")),
         PathBuf::from(format!("/run/pgsvc-sandbox/{id}")),
     ] {
         if p.exists() {
@@ -624,14 +763,16 @@ fn leftovers(id: &str, pins: &std::path::Path) -> Vec<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut interactive = true;
+    let mut topology = Topology::Node;
     for a in &args {
         match a.as_str() {
             "--non-interactive" => interactive = false,
+            "--lb-host" => topology = Topology::LbHost,
             "-h" | "--help" => {
                 println!(
-                    "usage: demo [--non-interactive]\n\nRuns pgsvc in front of the real-cluster \
-                     sandbox and switches over under load. Needs root and the sandbox's packages \
-                     (cargo xtask setup)."
+                    "usage: demo [--non-interactive] [--lb-host]\n\nRuns pgsvc on every node of \
+                     the real-cluster sandbox (with --lb-host: on a separate LB host) and switches \
+                     over under load. Needs root and the sandbox's packages (cargo xtask setup)."
                 );
                 return ExitCode::SUCCESS;
             }
@@ -654,7 +795,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let t0 = Instant::now();
-    match run(interactive) {
+    match run(interactive, topology) {
         Ok(true) => {
             println!(
                 "\ndemo: every check held ({:.0}s)",
