@@ -125,8 +125,11 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             return;
         }
         let was_fencing = c.tenure.take().is_some();
+        // A new reason while already falling back is logged, not counted as another fallback.
+        if was_fencing || c.fallback_reason.is_none() {
+            c.fallbacks += 1;
+        }
         c.fallback_reason = Some(reason.to_owned());
-        c.fallbacks += 1;
         warn!(
             cluster,
             reason, "DCS: write services fall back to REST checks alone"

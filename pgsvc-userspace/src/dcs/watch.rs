@@ -386,7 +386,15 @@ fn classify(s: &EtcdSettings, e: etcd_client::Error) -> DcsError {
                 || lower.contains("permission denied");
             if denied {
                 DcsError::Credentials { user, message }
-            } else if code == tonic_code::UNAVAILABLE {
+            } else if matches!(
+                code,
+                tonic_code::CANCELLED
+                    | tonic_code::UNKNOWN
+                    | tonic_code::DEADLINE_EXCEEDED
+                    | tonic_code::INTERNAL
+                    | tonic_code::UNAVAILABLE
+            ) {
+                // The connection broke (a stopped etcd shows as an h2 error on the open stream).
                 let message = chain(&st);
                 if is_tls(&message) {
                     DcsError::Tls { endpoints, message }
@@ -417,7 +425,11 @@ fn is_tls(message: &str) -> bool {
 
 /// gRPC status codes (the numbers of tonic's `Code`, which etcd-client does not re-export).
 mod tonic_code {
+    pub const CANCELLED: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
     pub const PERMISSION_DENIED: i32 = 7;
+    pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
 }
