@@ -218,6 +218,7 @@ async fn main_loop(
     let mut ticks: u32 = 0;
     // While a new leader-key holder awaits its first passing check, look at its checks this often.
     let mut fence_poll = tokio::time::interval(Duration::from_millis(25));
+    fence_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // On a worker with its own big stack, panics caught: a hostile inventory cannot take the agent down.
     let reread = || opts.source.load_isolated(opts.cluster.as_deref());
     let mut notified_ready = false;

@@ -75,3 +75,67 @@ pub(super) fn dcs(e: &mut Exposition, s: &Status) {
             .map(|(labels, v)| (labels, v.fenced.into())),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{admin::fixture::sample_status, status::DcsClusterStatus};
+
+    #[test]
+    fn dcs_families_follow_the_status_and_are_absent_without_a_dcs() {
+        let mut s = sample_status();
+        assert!(!super::super::render_metrics(&s).contains("pgsvc_dcs_"));
+        assert!(!super::super::render_metrics(&s).contains("pgsvc_server_fenced"));
+        s.dcs = vec![DcsClusterStatus {
+            cluster: "pg-test".into(),
+            connected: true,
+            endpoint: Some("http://198.18.0.5:2379".into()),
+            fencing: true,
+            leader: Some("pg-test-1".into()),
+            revision: 77,
+            watch_lag_seconds: Some(0.25),
+            fence_events_total: 3,
+            fallbacks_total: 1,
+            ..Default::default()
+        }];
+        s.services[0].servers[1].fenced = true;
+        let m = super::super::render_metrics(&s);
+        for line in [
+            "pgsvc_dcs_up{cluster=\"pg-test\"} 1",
+            "pgsvc_dcs_fencing{cluster=\"pg-test\"} 1",
+            "pgsvc_dcs_fallback{cluster=\"pg-test\"} 0",
+            "pgsvc_dcs_leader{cluster=\"pg-test\",member=\"pg-test-1\"} 1",
+            "pgsvc_dcs_watch_lag_seconds{cluster=\"pg-test\"} 0.25",
+            "pgsvc_dcs_revision{cluster=\"pg-test\"} 77",
+            "pgsvc_dcs_fence_events_total{cluster=\"pg-test\"} 3",
+            "pgsvc_dcs_fallbacks_total{cluster=\"pg-test\"} 1",
+            "# TYPE pgsvc_dcs_fence_events_total counter",
+        ] {
+            assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+        }
+        let fenced = format!(
+            "pgsvc_server_fenced{{proxy=\"{}\",server=\"{}\"}} 1",
+            s.services[0].name, s.services[0].servers[1].name
+        );
+        assert!(m.lines().any(|l| l == fenced), "missing {fenced:?}");
+
+        s.dcs[0].fencing = false;
+        s.dcs[0].connected = false;
+        s.dcs[0].leader = None;
+        s.dcs[0].watch_lag_seconds = None;
+        s.dcs[0].fallback_reason = Some("etcd stopped".into());
+        let m = super::super::render_metrics(&s);
+        assert!(
+            m.lines()
+                .any(|l| l == "pgsvc_dcs_fallback{cluster=\"pg-test\"} 1")
+        );
+        assert!(
+            m.lines()
+                .any(|l| l == "pgsvc_dcs_up{cluster=\"pg-test\"} 0")
+        );
+        assert!(
+            !m.contains("pgsvc_dcs_leader{"),
+            "no leader series without a leader"
+        );
+        assert!(!m.contains("pgsvc_dcs_watch_lag_seconds{"));
+    }
+}

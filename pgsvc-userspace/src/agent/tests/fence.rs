@@ -106,10 +106,13 @@ fn the_same_holder_again_rewrites_nothing() {
     leader(&mut h, Some("pg-test-1"), 1.0);
     let writes = h.rec.dp.count(Op::SetBackends);
     let events = h.status().dcs[0].fence_events_total;
+    let pokes = h.rec.checks.pokes.borrow().len();
     leader(&mut h, Some("pg-test-1"), 2.0);
     leader(&mut h, Some("pg-test-1"), 3.0);
     assert_eq!(h.rec.dp.count(Op::SetBackends), writes);
     assert_eq!(h.status().dcs[0].fence_events_total, events);
+    // The tenure goes on (its start is the holder's slowstart origin): no new arrival, no check.
+    assert_eq!(h.rec.checks.pokes.borrow().len(), pokes);
 }
 
 #[test]
