@@ -199,12 +199,20 @@ fn moving_the_leader_key_fences_at_once() {
     assert_eq!(session.echo(b"ping").expect("echo before"), b"ping");
     let moved = Instant::now();
     etcd.put(LEADER_KEY, "pg-test-2").expect("move the key");
-    let took = rig.wait_for("5433 on pg-test-2", Duration::from_secs(3), |r| {
-        r.land(5433, 1) == ["pg-test-2:6432"]
-    });
+    // Watched through the status, not with connections: one opened to pg-test-1 just before the
+    // fence would be cut with it and wait for its greeting.
+    let took = rig.wait_for(
+        "pg-test-1 fenced, pg-test-2 active",
+        Duration::from_secs(3),
+        |r| {
+            let old = r.server_status("pg-test-primary", "pg-test-1");
+            let new = r.server_status("pg-test-primary", "pg-test-2");
+            old["fenced"] == true && old["active"] == false && new["active"] == true
+        },
+    );
     assert!(
         moved.elapsed() < Duration::from_secs(3),
-        "new connections moved after {took:?}"
+        "the fence took {took:?}"
     );
     assert_eq!(set(&rig.land(5433, 8)), one("pg-test-2:6432"));
     assert_eq!(set(&rig.land(5436, 4)), one("pg-test-2:5432"));
@@ -217,14 +225,14 @@ fn moving_the_leader_key_fences_at_once() {
         rig.server_status("pg-test-primary", "pg-test-1")["state"],
         "UP"
     );
-    // Read services keep HAProxy's semantics: 5434 still serves from pg-test-1 as a backup? No —
-    // it serves the replicas by their own checks, untouched by the key.
     let d = &rig.status()["dcs"][0];
     assert_eq!(d["leader"], "pg-test-2", "{d}");
     assert!(d["fence_events_total"].as_u64().unwrap_or(0) >= 2, "{d}");
     let log = rig.log_text();
     assert!(log.contains("fenced"), "no fence line in the log:\n{log}");
-    eprintln!("dcs: new connections on the new key holder {took:?} after the key moved");
+    eprintln!(
+        "dcs: pg-test-1 fenced and pg-test-2 active {took:?} after the key moved (status polled every 100 ms)"
+    );
 }
 
 #[test]
