@@ -36,6 +36,33 @@ pub struct Status {
     /// The agent process (CPU, threads, limits) and connection peaks over all services.
     #[serde(default)]
     pub process: ProcessStatus,
+    /// Patroni's DCS per watched cluster (empty: REST checks alone, `--dcs off` or no etcd).
+    #[serde(default)]
+    pub dcs: Vec<DcsClusterStatus>,
+}
+
+/// One cluster's leader key as the agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DcsClusterStatus {
+    pub cluster: String,
+    /// etcd answers the watch.
+    pub connected: bool,
+    /// The endpoints answering (None while none does).
+    pub endpoint: Option<String>,
+    /// Write services are fenced on the leader key; false: REST checks alone decide.
+    pub fencing: bool,
+    /// The member holding the leader key (None: no leader, or unknown while not fencing).
+    pub leader: Option<String>,
+    /// Why REST checks alone decide (None while fencing).
+    pub fallback_reason: Option<String>,
+    /// etcd revision the view is current at.
+    pub revision: i64,
+    /// Seconds since etcd last confirmed the view (a read, an event or a progress answer).
+    pub watch_lag_seconds: Option<f64>,
+    /// Servers taken out of a write service because they do not hold the key.
+    pub fence_events_total: u64,
+    /// Switches from fencing to REST checks alone.
+    pub fallbacks_total: u64,
 }
 
 /// The agent process, for HAProxy's `haproxy_process_*` figures.
@@ -233,6 +260,9 @@ pub struct ServerStatus {
     pub rst_sent: u64,
     #[serde(default)]
     pub peaks: Peaks,
+    /// Out of a write service because another member holds the leader key.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// The most recent health check of a server.

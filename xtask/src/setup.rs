@@ -34,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "psmisc",
     // systemd-analyze verifies the packaged unit (xtask package and its tests).
     "systemd",
+    // protoc: etcd-client (pgsvc's DCS watch) compiles etcd's .proto files at build time.
+    "protobuf-compiler",
 ];
 /// Installed when the archive has them; a note otherwise.
 const OPTIONAL_APT_PACKAGES: &[&str] = &["bpftool"];

@@ -169,5 +169,6 @@ pub(crate) fn sample_status() -> Status {
             max_fds: 1024,
             ..ProcessStatus::default()
         },
+        dcs: Vec::new(),
     }
 }

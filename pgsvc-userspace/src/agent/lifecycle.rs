@@ -23,6 +23,7 @@ use crate::{
     admin,
     control::{ReloadRequest, ServerStateRequest},
     datapath::{LoadOptions, XdpDatapath, neigh},
+    dcs::{self, DcsUpdate},
     health::{Burst, HealthEvent, HealthMonitor, TlsSettings},
     notify,
 };
@@ -50,6 +51,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             opts.cluster.as_deref().unwrap_or("any cluster")
         );
     }
+    let etcd = start_dcs_checks(&opts, &plan).await?;
     let Some((_, iface_mac)) = neigh::interface(&opts.iface) else {
         bail!("interface {} does not exist", opts.iface);
     };
@@ -169,7 +171,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         info!(%addr, auth = opts.metrics_auth.is_some(), "metrics listening");
     }
 
-    let result = main_loop(&mut agent, &opts, events, reload_rx, state_rx).await;
+    let (dcs_tx, dcs_rx) = mpsc::unbounded_channel::<DcsUpdate>();
+    let watches: Vec<_> = etcd
+        .into_iter()
+        .map(|(cluster, s)| dcs::spawn_watch(cluster, s, dcs_tx.clone()))
+        .collect();
+    drop(dcs_tx);
+
+    let result = main_loop(&mut agent, &opts, events, reload_rx, state_rx, dcs_rx).await;
+    for w in &watches {
+        w.abort();
+    }
 
     let _ = shutdown_tx.send(true);
     let _ = admin_task.await;
@@ -196,6 +208,7 @@ async fn main_loop(
     mut events: mpsc::UnboundedReceiver<HealthEvent>,
     mut reloads: mpsc::Receiver<ReloadRequest>,
     mut states: mpsc::Receiver<ServerStateRequest>,
+    mut dcs: mpsc::UnboundedReceiver<DcsUpdate>,
 ) -> anyhow::Result<()> {
     if let Some(scope) = host::local_scope(&opts.iface) {
         agent.on_local_scope(&scope);
@@ -209,12 +222,17 @@ async fn main_loop(
     // Re-balance shortly after start, when most first results are in.
     let mut settle = tokio::time::interval(Duration::from_millis(100));
     let mut ticks: u32 = 0;
+    // While a new leader-key holder awaits its first passing check, look at its checks this often.
+    let mut fence_poll = tokio::time::interval(Duration::from_millis(25));
+    fence_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // On a worker with its own big stack, panics caught: a hostile inventory cannot take the agent down.
     let reread = || opts.source.load_isolated(opts.cluster.as_deref());
     let mut notified_ready = false;
     loop {
         tokio::select! {
             Some(ev) = events.recv() => agent.on_health_event(&ev, Instant::now()),
+            Some(u) = dcs.recv() => agent.on_dcs(&u, Instant::now()),
+            _ = fence_poll.tick(), if agent.fence_awaiting() => agent.on_fence_poll(Instant::now()),
             _ = settle.tick(), if !agent.is_ready() => agent.rebalance_all(Instant::now()),
             _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
@@ -247,6 +265,44 @@ async fn main_loop(
     }
     sd_notify(notify::stopping());
     Ok(())
+}
+
+/// The etcd settings of every planned cluster, each tried once before the kernel is touched: wrong
+/// credentials, CA or certificate files stop the start (no silent fallback); an etcd that does not
+/// answer now only means REST checks alone until it does.
+async fn start_dcs_checks(
+    opts: &AgentOptions,
+    plan: &crate::plan::Plan,
+) -> anyhow::Result<Vec<(String, dcs::EtcdSettings)>> {
+    let clusters: Vec<String> = plan.clusters.iter().map(|c| c.name.clone()).collect();
+    let etcd = dcs::settings_for_clusters(&opts.source, &clusters, opts.dcs, &opts.etcd)
+        .context("the DCS settings are not valid; nothing was changed")?;
+    if etcd.is_empty() {
+        info!("no DCS: write services follow the REST checks alone");
+    }
+    for (cluster, s) in &etcd {
+        match dcs::probe(cluster, s).await {
+            Ok(leader) => info!(
+                cluster,
+                endpoints = s.endpoints.join(","),
+                leader = leader.as_deref().unwrap_or("(none)"),
+                "etcd answers: write services follow the leader key"
+            ),
+            Err(e) if e.is_fatal() => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cluster {cluster}: cannot read its leader key (fix the etcd settings, or run with --dcs off); nothing was changed"
+                    )
+                });
+            }
+            Err(e) => warn!(
+                cluster,
+                error = %e,
+                "etcd does not answer: REST checks alone until it does"
+            ),
+        }
+    }
+    Ok(etcd)
 }
 
 /// A failed notification is logged, never fatal: the agent serves the same without systemd.

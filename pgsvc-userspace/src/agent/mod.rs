@@ -9,13 +9,15 @@
 //!
 //! One concern per file: [`lifecycle`] (the above, and the event loop), [`reconcile`] (inputs →
 //! desired state → diff through the [`crate::datapath::Datapath`] trait), [`reload`] (the plan
-//! diff), [`project`] (the status snapshot), [`checks`] (the health input as a trait), [`host`]
+//! diff), [`project`] (the status snapshot), [`checks`] (the health input as a trait), [`fence`]
+//! (write services follow the DCS leader key), [`host`]
 //! (addresses, VIP, reserved ports), [`server_state`] (DRAIN and MAINT set by the operator) and
 //! [`state_file`] (where those are saved). One task owns the reconciler; the admin API only reads the
 //! snapshot it publishes, so it stays responsive whatever the data plane is doing.
 
 pub mod bpffs;
 pub mod checks;
+pub mod fence;
 pub mod host;
 pub mod lifecycle;
 pub mod project;
@@ -65,4 +67,7 @@ pub struct AgentOptions {
     pub timeouts: Timeouts,
     /// Burst checking during transitions and outages (`None`: HAProxy's schedule exactly).
     pub check_burst: Option<Duration>,
+    /// Whether to watch Patroni's leader key in etcd, and the `--etcd-*` flags.
+    pub dcs: crate::dcs::DcsMode,
+    pub etcd: crate::dcs::EtcdOverrides,
 }

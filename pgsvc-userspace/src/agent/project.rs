@@ -107,6 +107,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                     .collect(),
             },
             process,
+            dcs: self.dcs_status(now),
         };
         match self.status.write() {
             Ok(mut s) => *s = snapshot,
@@ -199,6 +200,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                         st.new_flows,
                         wall,
                     ),
+                    fenced: self.is_fenced(svc, srv),
                 }
             })
             .collect();

@@ -3,8 +3,8 @@
 //! difference through the [`Datapath`] trait. It owns no kernel object and no task, so the unit tests
 //! run it over [`crate::datapath::fake::FakeDatapath`] with explicit instants.
 //!
-//! A later input (DCS events) is one more `on_*` method that updates the plan or the health view and
-//! calls [`Reconciler::rebalance`] for the services it touches.
+//! The DCS (Patroni's leader key) is one more input: [`super::fence`] keeps each cluster's leader
+//! and the health balance sees for write services goes through [`Reconciler::fenced_status`].
 
 use std::{
     collections::{HashMap, HashSet},
@@ -97,6 +97,8 @@ pub struct Reconciler<D: Datapath, C: Checks> {
     pub(super) admin: ServerStates,
     /// Where they are saved for the next agent (none in unit tests unless given).
     pub(super) state_file: Option<StateFile>,
+    /// Each watched cluster's leader key (empty without a DCS).
+    pub(super) fence: super::fence::Fencing,
 }
 
 impl<D: Datapath, C: Checks> Reconciler<D, C> {
@@ -128,6 +130,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             ready: false,
             admin: ServerStates::new(),
             state_file: None,
+            fence: super::fence::Fencing::default(),
         }
     }
 
@@ -233,7 +236,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
     pub(super) fn balanced(&self, svc: &ServicePlan, now: Instant) -> BalancedService {
         let mut b = balance_service_with(
             svc,
-            |s| self.checks.server_health(svc, s).status_for_balance(),
+            |s| self.fenced_status(svc, s),
             |s| self.admin_state(&svc.name, &s.name),
             now,
         );

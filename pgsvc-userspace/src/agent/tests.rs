@@ -1122,4 +1122,6 @@ fn the_status_keeps_session_peaks_rates_and_backend_outages() {
     assert_eq!(st.services[0].down_transitions, 1);
 }
 
+#[path = "tests/fence.rs"]
+mod fence;
 mod server_state;

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::{
     agent::{self, AgentOptions},
     datapath::{AttachMode, Timeouts},
+    dcs::{DcsMode, EtcdOverrides},
 };
 
 use super::SourceArgs;
@@ -63,6 +64,33 @@ pub struct RunArgs {
     /// still count as configured; 0 keeps HAProxy's inter/fastinter/downinter schedule to the letter.
     #[arg(long, default_value_t = 100)]
     pub check_burst: u64,
+    /// Watch Patroni's leader key in etcd and fence write services (checks /primary, /leader,
+    /// /master) on it: `auto` when the inventory has an `etcd` group or --etcd-endpoints is given,
+    /// `etcd` to require it, `off` for REST checks alone.
+    #[arg(long, value_enum, default_value_t = DcsMode::Auto)]
+    pub dcs: DcsMode,
+    /// etcd endpoints, comma-separated (`https://IP:2379` or `IP:2379`) [default: the inventory's
+    /// `etcd` group on `etcd_port`, https when a CA is given or /pg/cert/ca.crt exists].
+    #[arg(long, value_delimiter = ',', value_name = "URL,...")]
+    pub etcd_endpoints: Vec<String>,
+    /// CA of etcd's certificate [default: /pg/cert/ca.crt when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate and key for etcd [default: /pg/cert/server.crt and .key when they exist].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd RBAC user [default: the cluster's name, as Pigsty creates it].
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// etcd password, or `@FILE` to read it from FILE's first line [default: the inventory's
+    /// `pg_etcd_password`, else the cluster's name].
+    #[arg(long, value_name = "PASS|@FILE")]
+    pub etcd_password: Option<String>,
+    /// Patroni's DCS namespace [default: the inventory's `pg_namespace`, else /pg].
+    #[arg(long)]
+    pub etcd_namespace: Option<String>,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -133,6 +161,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         timeouts: Timeouts {
             idle_ns: args.idle_timeout.saturating_mul(1_000_000_000),
             ..Timeouts::default()
+        },
+        dcs: args.dcs,
+        etcd: EtcdOverrides {
+            endpoints: args.etcd_endpoints,
+            ca: args.etcd_ca,
+            cert: args.etcd_cert,
+            key: args.etcd_key,
+            user: args.etcd_user,
+            password: args.etcd_password,
+            namespace: args.etcd_namespace,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -219,6 +219,9 @@ pub fn render_table(s: &Status) -> String {
     if !packets.is_empty() {
         let _ = writeln!(out, "packets {}", packets.join("  "));
     }
+    for d in &s.dcs {
+        let _ = writeln!(out, "{}", dcs_line(d));
+    }
     if s.services.is_empty() {
         out.push_str("\nno services\n");
         return out;
@@ -277,6 +280,30 @@ fn service_cells(svc: &ServiceStatus) -> Vec<String> {
     ]
 }
 
+/// One cluster's leader key: who holds it and whether write services follow it, or why not.
+fn dcs_line(d: &crate::status::DcsClusterStatus) -> String {
+    let view = if d.fencing {
+        format!(
+            "leader {} (write services follow the key)",
+            d.leader.as_deref().unwrap_or("none")
+        )
+    } else {
+        format!(
+            "REST checks alone: {}",
+            d.fallback_reason.as_deref().unwrap_or("no DCS view yet")
+        )
+    };
+    let etcd = match (&d.endpoint, d.watch_lag_seconds) {
+        (Some(e), Some(lag)) => format!("etcd {e} rev {} lag {lag:.1}s", d.revision),
+        (Some(e), None) => format!("etcd {e}"),
+        (None, _) => "etcd UNREACHABLE".to_owned(),
+    };
+    format!(
+        "dcs {}: {view}  {etcd}  fenced {}  fallbacks {}",
+        d.cluster, d.fence_events_total, d.fallbacks_total
+    )
+}
+
 fn server_cells(v: &ServerStatus) -> Vec<String> {
     let health = if v.health_status.is_empty() {
         v.state.clone()
@@ -316,6 +343,9 @@ fn server_cells(v: &ServerStatus) -> Vec<String> {
     }
     if v.rst_sent > 0 {
         notes.push(format!("rst {}", v.rst_sent));
+    }
+    if v.fenced {
+        notes.push("fenced (not the leader-key holder)".to_owned());
     }
     vec![
         v.name.clone(),

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use crate::status::{ServerStatus, ServiceStatus, Status};
 
+mod dcs;
 mod haproxy;
 #[cfg(test)]
 mod tests;
@@ -237,6 +238,7 @@ pub fn render_metrics(s: &Status) -> String {
     haproxy::backend(&mut e, s);
     haproxy::server(&mut e, s);
     pgsvc(&mut e, s);
+    dcs::dcs(&mut e, s);
     e.out
 }
 

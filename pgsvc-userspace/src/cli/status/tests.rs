@@ -323,3 +323,45 @@ fn against_the_admin_server() {
         sample_status()
     );
 }
+
+#[test]
+fn table_shows_the_leader_key_and_fenced_servers() {
+    let mut s = sample_status();
+    assert!(
+        !render_table(&s).contains("dcs "),
+        "no DCS line without a DCS"
+    );
+    s.dcs = vec![crate::status::DcsClusterStatus {
+        cluster: "pg-test".into(),
+        connected: true,
+        endpoint: Some("https://198.18.0.5:2379".into()),
+        fencing: true,
+        leader: Some("pg-test-1".into()),
+        revision: 812,
+        watch_lag_seconds: Some(0.4),
+        fence_events_total: 2,
+        ..Default::default()
+    }];
+    s.services[0].servers[1].fenced = true;
+    let t = render_table(&s);
+    let line = line_of(&t, &["dcs pg-test:"]);
+    assert!(
+        line.contains("leader pg-test-1 (write services follow the key)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("etcd https://198.18.0.5:2379 rev 812 lag 0.4s"),
+        "{line}"
+    );
+    assert!(line.contains("fenced 2"), "{line}");
+    let fenced = line_of(&t, &[&s.services[0].servers[1].name, "fenced"]);
+    assert!(fenced.contains("not the leader-key holder"), "{fenced}");
+
+    s.dcs[0].fencing = false;
+    s.dcs[0].endpoint = None;
+    s.dcs[0].fallback_reason = Some("etcd at https://198.18.0.5:2379 is unreachable".into());
+    let t = render_table(&s);
+    let line = line_of(&t, &["dcs pg-test:"]);
+    assert!(line.contains("REST checks alone: etcd at"), "{line}");
+    assert!(line.contains("etcd UNREACHABLE"), "{line}");
+}

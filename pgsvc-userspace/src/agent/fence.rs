@@ -1,0 +1,330 @@
+//! Leader-key fencing of write services (checks `/primary`, `/leader`, `/master`), driven by the
+//! DCS watch ([`crate::dcs`]):
+//! - a member is eligible only while it holds the leader key: when the key leaves it, it is out of
+//!   the active set at once (no waiting for `fall` failures) and, with `on-marked-down
+//!   shutdown-sessions`, its sessions are reset — it is marked down the way a failed check marks it;
+//! - when the key arrives at a member, one successful check after the arrival makes it UP (rise 1:
+//!   the key plus a passing `/primary` is stronger evidence than `rise` passes without it);
+//! - read services keep HAProxy's semantics, and without a DCS view (`--dcs off`, etcd unreachable,
+//!   the key absent under Patroni's `failsafe_mode`) REST checks alone decide, as before.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Instant,
+};
+
+use tracing::{info, warn};
+
+use super::{checks::Checks, reconcile::Reconciler};
+use crate::{
+    balance::{AdminState, ServerStatus},
+    datapath::Datapath,
+    dcs::{DcsUpdate, LeaderView, is_write_check},
+    health::{CheckKey, CheckOutcome, HealthState},
+    plan::{ServerPlan, ServicePlan},
+    status::DcsClusterStatus,
+};
+
+/// One holder's time with the key.
+#[derive(Clone, Debug)]
+pub(super) struct Tenure {
+    pub holder: Option<String>,
+    /// When the key arrived (as far as the agent knows).
+    pub since: Instant,
+    /// Each write check of the holder: how many results it had when the key arrived. A pass counts
+    /// for rise 1 only when it came later.
+    pub checks_at_arrival: HashMap<CheckKey, u64>,
+    /// The holder was not UP when the key arrived: its slowstart runs from the arrival.
+    pub rose_under_key: bool,
+}
+
+/// What the agent knows of one cluster's DCS.
+#[derive(Debug, Default)]
+pub(super) struct ClusterDcs {
+    /// `None`: REST checks alone decide.
+    pub tenure: Option<Tenure>,
+    pub endpoint: Option<String>,
+    pub fallback_reason: Option<String>,
+    pub revision: i64,
+    pub confirmed: Option<Instant>,
+    pub fence_events: u64,
+    pub fallbacks: u64,
+}
+
+/// Every watched cluster (none without a DCS).
+#[derive(Debug, Default)]
+pub struct Fencing {
+    pub(super) clusters: BTreeMap<String, ClusterDcs>,
+}
+
+impl<D: Datapath, C: Checks> Reconciler<D, C> {
+    /// One observation of a cluster's DCS from its watch.
+    pub fn on_dcs(&mut self, u: &DcsUpdate, now: Instant) {
+        let c = self.fence.clusters.entry(u.cluster.clone()).or_default();
+        c.endpoint.clone_from(&u.endpoint);
+        if u.revision > 0 {
+            c.revision = u.revision;
+        }
+        c.confirmed = u.endpoint.is_some().then_some(u.confirmed);
+        match &u.view {
+            LeaderView::Leader(holder) => self.on_leader(&u.cluster, holder.clone(), now),
+            LeaderView::Fallback(reason) => self.on_dcs_fallback(&u.cluster, reason, now),
+        }
+    }
+
+    /// The leader key of `cluster` is held by `holder` (None: no leader): fence its write services.
+    pub fn on_leader(&mut self, cluster: &str, holder: Option<String>, now: Instant) {
+        let c = self.fence.clusters.entry(cluster.to_owned()).or_default();
+        if c.tenure.as_ref().is_some_and(|t| t.holder == holder) {
+            return;
+        }
+        let write: Vec<ServicePlan> = self.write_services(cluster).cloned().collect();
+        if let Some(h) = &holder
+            && !write.is_empty()
+            && !write.iter().any(|s| s.servers.iter().any(|v| &v.name == h))
+        {
+            let reason = format!(
+                "the leader key names {h:?}, which is no server of {cluster}'s write services"
+            );
+            self.on_dcs_fallback(cluster, &reason, now);
+            return;
+        }
+        let mut checks_at_arrival = HashMap::new();
+        let mut was_up = false;
+        for svc in &write {
+            for srv in svc
+                .servers
+                .iter()
+                .filter(|v| Some(&v.name) == holder.as_ref())
+            {
+                let h = self.checks.server_health(svc, srv);
+                was_up |= h.state == HealthState::Up;
+                checks_at_arrival.insert(CheckKey::for_server(svc, srv), h.checks_total);
+            }
+        }
+        info!(
+            cluster,
+            leader = holder.as_deref().unwrap_or("(none)"),
+            "leader key: write services follow its holder"
+        );
+        let c = self.fence.clusters.entry(cluster.to_owned()).or_default();
+        c.fallback_reason = None;
+        c.tenure = Some(Tenure {
+            rose_under_key: holder.is_some() && !was_up,
+            holder,
+            since: now,
+            checks_at_arrival,
+        });
+        self.refence(cluster, now);
+    }
+
+    /// REST checks alone decide for `cluster` from now on (etcd unreachable, failsafe), for `reason`.
+    pub fn on_dcs_fallback(&mut self, cluster: &str, reason: &str, now: Instant) {
+        let c = self.fence.clusters.entry(cluster.to_owned()).or_default();
+        if c.tenure.is_none() && c.fallback_reason.as_deref() == Some(reason) {
+            return;
+        }
+        let was_fencing = c.tenure.take().is_some();
+        // A new reason while already falling back is logged, not counted as another fallback.
+        if was_fencing || c.fallback_reason.is_none() {
+            c.fallbacks += 1;
+        }
+        c.fallback_reason = Some(reason.to_owned());
+        warn!(
+            cluster,
+            reason, "DCS: write services fall back to REST checks alone"
+        );
+        if was_fencing {
+            self.refence(cluster, now);
+        } else {
+            self.publish(now);
+        }
+    }
+
+    /// The holder of some watched cluster's key is not yet in its write services: its checks are
+    /// watched closely (see [`Self::on_fence_poll`]).
+    pub fn fence_awaiting(&self) -> bool {
+        self.fence.clusters.keys().any(|c| self.awaits_holder(c))
+    }
+
+    /// Re-balances write services whose key holder awaits its first passing check.
+    pub fn on_fence_poll(&mut self, now: Instant) {
+        let waiting: Vec<String> = self
+            .fence
+            .clusters
+            .keys()
+            .filter(|c| self.awaits_holder(c))
+            .cloned()
+            .collect();
+        for cluster in waiting {
+            let names: Vec<String> = self
+                .write_services(&cluster)
+                .map(|s| s.name.clone())
+                .collect();
+            let before = names
+                .iter()
+                .map(|n| self.applied.get(n).cloned())
+                .collect::<Vec<_>>();
+            for n in &names {
+                self.rebalance(n, now);
+            }
+            let after = names
+                .iter()
+                .map(|n| self.applied.get(n).cloned())
+                .collect::<Vec<_>>();
+            if before != after {
+                self.update_hurry(now);
+                self.publish(now);
+            }
+        }
+    }
+
+    /// The health of `srv` in `svc` as balance sees it, fencing applied.
+    pub(super) fn fenced_status(&self, svc: &ServicePlan, srv: &ServerPlan) -> ServerStatus {
+        let h = self.checks.server_health(svc, srv);
+        let base = h.status_for_balance();
+        let Some(t) = self.tenure_for(svc) else {
+            return base;
+        };
+        if t.holder.as_deref() != Some(srv.name.as_str()) {
+            return ServerStatus::Down;
+        }
+        match base {
+            ServerStatus::Up { since, at_startup } => ServerStatus::Up {
+                since: if t.rose_under_key {
+                    since.min(t.since)
+                } else {
+                    since
+                },
+                at_startup,
+            },
+            _ if h.last_check.as_ref().is_some_and(CheckOutcome::passed)
+                && h.checks_total
+                    > t.checks_at_arrival
+                        .get(&CheckKey::for_server(svc, srv))
+                        .copied()
+                        .unwrap_or(0) =>
+            {
+                ServerStatus::Up {
+                    since: t.since,
+                    at_startup: false,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// `srv` is out of `svc` because another member holds the key.
+    pub(super) fn is_fenced(&self, svc: &ServicePlan, srv: &ServerPlan) -> bool {
+        self.tenure_for(svc)
+            .is_some_and(|t| t.holder.as_deref() != Some(srv.name.as_str()))
+    }
+
+    /// The DCS part of the status snapshot.
+    pub(super) fn dcs_status(&self, now: Instant) -> Vec<DcsClusterStatus> {
+        self.fence
+            .clusters
+            .iter()
+            .map(|(name, c)| DcsClusterStatus {
+                cluster: name.clone(),
+                connected: c.endpoint.is_some(),
+                endpoint: c.endpoint.clone(),
+                fencing: c.tenure.is_some(),
+                leader: c.tenure.as_ref().and_then(|t| t.holder.clone()),
+                fallback_reason: c.fallback_reason.clone(),
+                revision: c.revision,
+                watch_lag_seconds: c
+                    .confirmed
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                fence_events_total: c.fence_events,
+                fallbacks_total: c.fallbacks,
+            })
+            .collect()
+    }
+
+    fn tenure_for(&self, svc: &ServicePlan) -> Option<&Tenure> {
+        if !is_write_check(&svc.check) {
+            return None;
+        }
+        self.fence.clusters.get(&svc.cluster)?.tenure.as_ref()
+    }
+
+    fn write_services<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = &'a ServicePlan> {
+        self.services
+            .iter()
+            .filter(move |s| s.cluster == cluster && is_write_check(&s.check))
+    }
+
+    fn awaits_holder(&self, cluster: &str) -> bool {
+        let Some(holder) = self
+            .fence
+            .clusters
+            .get(cluster)
+            .and_then(|c| c.tenure.as_ref())
+            .and_then(|t| t.holder.as_deref())
+        else {
+            return false;
+        };
+        self.write_services(cluster).any(|svc| {
+            svc.servers.iter().any(|v| v.name == holder)
+                && self.admin_state(&svc.name, holder) != AdminState::Maint
+                && !self
+                    .applied
+                    .get(&svc.name)
+                    .is_some_and(|set| set.iter().any(|b| b.name == holder && b.up))
+        })
+    }
+
+    /// Re-balances `cluster`'s write services after its view changed: logs and counts the servers
+    /// the key took out, and checks the holder now.
+    fn refence(&mut self, cluster: &str, now: Instant) {
+        let services: Vec<ServicePlan> = self.write_services(cluster).cloned().collect();
+        let holder = self
+            .fence
+            .clusters
+            .get(cluster)
+            .and_then(|c| c.tenure.as_ref())
+            .map(|t| t.holder.clone());
+        let mut fenced = 0;
+        for svc in &services {
+            let up_before: HashSet<String> = self
+                .applied
+                .get(&svc.name)
+                .map(|set| {
+                    set.iter()
+                        .filter(|b| b.up)
+                        .map(|b| b.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.rebalance(&svc.name, now);
+            if let Some(holder) = &holder {
+                let set = self.applied.get(&svc.name);
+                for name in &up_before {
+                    let up_now = set.is_some_and(|s| s.iter().any(|b| &b.name == name && b.up));
+                    if !up_now && holder.as_deref() != Some(name.as_str()) {
+                        fenced += 1;
+                        warn!(
+                            service = svc.name,
+                            server = name,
+                            leader = holder.as_deref().unwrap_or("(none)"),
+                            "fenced: does not hold the leader key; out of the active set"
+                        );
+                    }
+                }
+                for srv in svc
+                    .servers
+                    .iter()
+                    .filter(|v| holder.as_deref() == Some(v.name.as_str()))
+                {
+                    self.checks.poke(&CheckKey::for_server(svc, srv));
+                }
+            }
+        }
+        if let Some(c) = self.fence.clusters.get_mut(cluster) {
+            c.fence_events += fenced;
+        }
+        self.update_hurry(now);
+        self.publish(now);
+    }
+}

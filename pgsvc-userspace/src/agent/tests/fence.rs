@@ -1,0 +1,308 @@
+//! Leader-key fencing through the reconciler over the fake datapath: write services follow the key,
+//! read services keep HAProxy's semantics, a fallback restores REST checks alone.
+
+use super::*;
+use crate::{
+    dcs::{DcsUpdate, LeaderView},
+    health::CheckFailure,
+};
+
+const DEFAULT: &str = "pg-test-default";
+
+fn leader(h: &mut Harness, holder: Option<&str>, at: f64) {
+    let t = h.at(at);
+    h.rec.on_leader("pg-test", holder.map(str::to_owned), t);
+}
+
+/// A server whose latest check result is `passed`, after `checks` checks in all.
+fn result(state: HealthState, passed: bool, checks: u64, since: Instant) -> ServerHealth {
+    let mut s = snapshot(state, Some(since), false);
+    s.checks_total = checks;
+    s.health = match state {
+        HealthState::Up => 3,
+        _ => u32::from(passed),
+    };
+    s.last_check = Some(CheckOutcome {
+        duration: Duration::from_millis(2),
+        result: if passed {
+            Ok(())
+        } else {
+            Err(CheckFailure::L4Refused)
+        },
+    });
+    s
+}
+
+fn set_all(h: &mut Harness, server: &str, health: &ServerHealth) {
+    for svc in [PRIMARY, REPLICA, DEFAULT, OFFLINE] {
+        let has = h.service(svc).servers.iter().any(|s| s.name == server);
+        if has {
+            h.set(svc, server, health.clone());
+        }
+    }
+}
+
+fn fenced(h: &Harness, service: &str, server: &str) -> bool {
+    h.status()
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .and_then(|s| s.servers.iter().find(|v| v.name == server))
+        .map(|v| v.fenced)
+        .unwrap_or_else(|| panic!("{service}/{server} not in the status"))
+}
+
+#[test]
+fn the_key_leaving_a_member_fences_it_at_once_and_resets_its_sessions() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    // All three pass /primary (the moment of a switchover where two nodes answer 200).
+    assert_eq!(
+        active(&h.last_write(PRIMARY)),
+        ["pg-test-1", "pg-test-2", "pg-test-3"]
+    );
+    h.dp().open(PRIMARY, "pg-test-1", 4);
+    h.dp().open(REPLICA, "pg-test-1", 2);
+    let replica_writes = h.rec.dp.writes(REPLICA).len();
+    leader(&mut h, Some("pg-test-2"), 1.0);
+    for svc in [PRIMARY, DEFAULT] {
+        let w = h.last_write(svc);
+        assert_eq!(active(&w), ["pg-test-2"], "{svc}");
+        assert!(
+            w.iter().filter(|b| b.name != "pg-test-2").all(|b| !b.up),
+            "{svc}: non-holders are marked down: {w:?}"
+        );
+    }
+    assert_eq!(h.rec.dp.flushed(PRIMARY), ["pg-test-1", "pg-test-3"]);
+    assert_eq!(h.rec.dp.conns(PRIMARY, "pg-test-1"), 0);
+    // Read services keep HAProxy's semantics: nothing rewritten, no flow touched.
+    assert_eq!(h.rec.dp.writes(REPLICA).len(), replica_writes);
+    assert_eq!(h.rec.dp.conns(REPLICA, "pg-test-1"), 2);
+    assert!(fenced(&h, PRIMARY, "pg-test-1") && !fenced(&h, PRIMARY, "pg-test-2"));
+    assert!(!fenced(&h, REPLICA, "pg-test-1"));
+    let dcs = h.status().dcs;
+    assert_eq!(dcs.len(), 1);
+    assert_eq!(dcs[0].leader.as_deref(), Some("pg-test-2"));
+    assert!(dcs[0].fencing);
+    // pg-test-1 and pg-test-3 out of two write services.
+    assert_eq!(dcs[0].fence_events_total, 4);
+
+    // The key moves back: the same at once the other way.
+    leader(&mut h, Some("pg-test-1"), 2.0);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+    assert!(
+        h.rec
+            .dp
+            .flushed(PRIMARY)
+            .ends_with(&["pg-test-2".to_owned()])
+    );
+    assert_eq!(h.status().dcs[0].fence_events_total, 6);
+}
+
+#[test]
+fn the_same_holder_again_rewrites_nothing() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    leader(&mut h, Some("pg-test-1"), 1.0);
+    let writes = h.rec.dp.count(Op::SetBackends);
+    let events = h.status().dcs[0].fence_events_total;
+    let pokes = h.rec.checks.pokes.borrow().len();
+    leader(&mut h, Some("pg-test-1"), 2.0);
+    leader(&mut h, Some("pg-test-1"), 3.0);
+    assert_eq!(h.rec.dp.count(Op::SetBackends), writes);
+    assert_eq!(h.status().dcs[0].fence_events_total, events);
+    // The tenure goes on (its start is the holder's slowstart origin): no new arrival, no check.
+    assert_eq!(h.rec.checks.pokes.borrow().len(), pokes);
+}
+
+#[test]
+fn a_new_holder_is_up_after_one_check_passed_after_the_key_arrived() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    let t0 = h.t0;
+    // pg-test-2 is a replica: its /primary check fails (DOWN); pg-test-1 is the primary.
+    set_all(
+        &mut h,
+        "pg-test-2",
+        &result(HealthState::Down, false, 5, t0),
+    );
+    set_all(
+        &mut h,
+        "pg-test-3",
+        &result(HealthState::Down, false, 5, t0),
+    );
+    let t = h.at(0.5);
+    h.rec.rebalance_all(t);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+
+    leader(&mut h, Some("pg-test-2"), 1.0);
+    // The old primary is out at once; the new holder has no passing check yet.
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+    assert!(h.rec.fence_awaiting());
+    let key2 = h.key(PRIMARY, "pg-test-2");
+    assert!(
+        h.rec.checks.pokes.borrow().contains(&key2),
+        "the holder is checked now"
+    );
+    assert!(h.rec.checks.hurried.borrow().contains(&key2), "and hurried");
+
+    // A pass from before the key arrived does not count.
+    set_all(&mut h, "pg-test-2", &result(HealthState::Down, true, 5, t0));
+    let t = h.at(1.1);
+    h.rec.on_fence_poll(t);
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+
+    // One pass after it: UP with rise 1, although its health counter is still DOWN 1/2.
+    set_all(&mut h, "pg-test-2", &result(HealthState::Down, true, 6, t0));
+    let t = h.at(1.2);
+    h.rec.on_fence_poll(t);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-2"]);
+    assert_eq!(active(&h.last_write(DEFAULT)), ["pg-test-2"]);
+    assert!(!h.rec.fence_awaiting());
+    assert!(!h.rec.checks.hurried.borrow().contains(&key2));
+
+    // A failed check after that takes it out again (rise 1 is not a latch).
+    set_all(
+        &mut h,
+        "pg-test-2",
+        &result(HealthState::Down, false, 7, t0),
+    );
+    let t = h.at(1.3);
+    h.rec.rebalance_all(t);
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+}
+
+#[test]
+fn without_the_key_rest_checks_need_rise_passes() {
+    // The same pass, but no DCS: HAProxy's rise 2 holds, the server stays out.
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    let t0 = h.t0;
+    set_all(&mut h, "pg-test-2", &result(HealthState::Down, true, 6, t0));
+    let t = h.at(0.5);
+    h.rec.rebalance_all(t);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1", "pg-test-3"]);
+}
+
+#[test]
+fn no_leader_leaves_write_services_without_a_server() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    leader(&mut h, None, 1.0);
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+    assert!(!active(&h.last_write(REPLICA)).is_empty());
+    assert!(!h.rec.fence_awaiting());
+}
+
+#[test]
+fn a_fallback_gives_write_services_back_to_the_rest_checks() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    leader(&mut h, Some("pg-test-2"), 1.0);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-2"]);
+    let t = h.at(2.0);
+    h.rec.on_dcs_fallback(
+        "pg-test",
+        "etcd at http://198.18.0.5:2379 is unreachable",
+        t,
+    );
+    assert_eq!(
+        active(&h.last_write(PRIMARY)),
+        ["pg-test-1", "pg-test-2", "pg-test-3"]
+    );
+    let dcs = &h.status().dcs[0];
+    assert!(!dcs.fencing);
+    assert_eq!(dcs.leader, None);
+    assert!(
+        dcs.fallback_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("unreachable"))
+    );
+    assert_eq!(dcs.fallbacks_total, 1);
+    assert!(!fenced(&h, PRIMARY, "pg-test-1"));
+    // The same reason again is no new fallback.
+    let t = h.at(3.0);
+    h.rec.on_dcs_fallback(
+        "pg-test",
+        "etcd at http://198.18.0.5:2379 is unreachable",
+        t,
+    );
+    assert_eq!(h.status().dcs[0].fallbacks_total, 1);
+    // etcd back: fencing again.
+    leader(&mut h, Some("pg-test-1"), 4.0);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+    assert!(h.status().dcs[0].fallback_reason.is_none());
+}
+
+#[test]
+fn a_key_naming_no_server_falls_back_instead_of_emptying_write_services() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    leader(&mut h, Some("pg-elsewhere-9"), 1.0);
+    assert_eq!(
+        active(&h.last_write(PRIMARY)),
+        ["pg-test-1", "pg-test-2", "pg-test-3"]
+    );
+    let dcs = &h.status().dcs[0];
+    assert!(!dcs.fencing);
+    assert!(
+        dcs.fallback_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("pg-elsewhere-9"))
+    );
+}
+
+#[test]
+fn dcs_updates_set_the_view_connection_and_lag() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    let confirmed = h.at(1.0);
+    let update = |view, endpoint: Option<&str>| DcsUpdate {
+        cluster: "pg-test".into(),
+        view,
+        endpoint: endpoint.map(str::to_owned),
+        revision: 42,
+        confirmed,
+    };
+    let t = h.at(1.5);
+    h.rec.on_dcs(
+        &update(
+            LeaderView::Leader(Some("pg-test-2".into())),
+            Some("http://198.18.0.5:2379"),
+        ),
+        t,
+    );
+    let t = h.at(3.5);
+    h.rec.publish(t);
+    let dcs = &h.status().dcs[0];
+    assert!(dcs.connected && dcs.fencing);
+    assert_eq!(dcs.revision, 42);
+    assert_eq!(dcs.watch_lag_seconds, Some(2.5));
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-2"]);
+    let t = h.at(4.0);
+    h.rec.on_dcs(
+        &update(LeaderView::Fallback("etcd stopped".into()), None),
+        t,
+    );
+    let dcs = &h.status().dcs[0];
+    assert!(!dcs.connected && !dcs.fencing && dcs.watch_lag_seconds.is_none());
+    assert_eq!(
+        active(&h.last_write(PRIMARY)),
+        ["pg-test-1", "pg-test-2", "pg-test-3"]
+    );
+}
+
+#[test]
+fn a_holder_in_maint_is_not_awaited() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    for svc in [PRIMARY, DEFAULT] {
+        let t = h.at(0.5);
+        h.rec
+            .set_server_state(svc, "pg-test-2", crate::balance::AdminState::Maint, t)
+            .expect("maint");
+    }
+    leader(&mut h, Some("pg-test-2"), 1.0);
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+    assert!(!h.rec.fence_awaiting());
+}

@@ -1,0 +1,458 @@
+//! The watch of one cluster's leader key: connect (TLS, RBAC user), read the key and Patroni's
+//! `failsafe_mode`, watch from the next revision, ask for a progress answer every second (so a dead
+//! etcd is noticed within [`SILENCE_LIMIT`]), re-read in full every [`FULL_READ_EVERY`] (a lost event
+//! is corrected there), and start over on a cancelled or compacted watch. Every observation goes to
+//! the agent as a [`DcsUpdate`]; while etcd cannot be reached the view is
+//! [`LeaderView::Fallback`] with the reason, and the task keeps retrying every [`RETRY_EVERY`].
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, Identity, TlsOptions, WatchOptions,
+};
+use thiserror::Error;
+use tokio::{sync::mpsc, task::JoinHandle, time::timeout};
+use tracing::{debug, info, warn};
+
+use super::{DcsUpdate, EtcdSettings, LeaderView, config_key, leader_key};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+pub const FULL_READ_EVERY: Duration = Duration::from_secs(5);
+/// No answer on the watch stream for this long, although progress is asked for every second: etcd
+/// is gone (or partitioned away from this node).
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Why etcd could not be read. [`DcsError::is_fatal`] errors are configuration mistakes that no
+/// retry fixes: `pgsvc run` refuses to start with them rather than fall back silently.
+#[derive(Debug, Error)]
+pub enum DcsError {
+    #[error("etcd refused the credentials of user {user:?}: {message}")]
+    Credentials { user: String, message: String },
+    #[error("TLS with etcd at {endpoints} failed: {message}")]
+    Tls { endpoints: String, message: String },
+    #[error("{path}: cannot read the etcd {what}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("etcd at {endpoints} is unreachable: {message}")]
+    Unreachable { endpoints: String, message: String },
+    #[error("etcd at {endpoints} answered with an error: {message}")]
+    Etcd { endpoints: String, message: String },
+}
+
+impl DcsError {
+    #[must_use]
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Self::Credentials { .. } | Self::Tls { .. } | Self::File { .. }
+        )
+    }
+}
+
+/// Connects and reads the leader key once: what `pgsvc run` checks before touching the kernel.
+///
+/// # Errors
+/// As [`DcsError`]; only [`DcsError::is_fatal`] ones should stop a start.
+pub async fn probe(cluster: &str, s: &EtcdSettings) -> Result<Option<String>, DcsError> {
+    let mut client = connect(s).await?;
+    read(&mut client, s, cluster).await.map(|r| r.holder)
+}
+
+/// Starts the watch of `cluster`'s leader key; updates go to `tx` until the task is aborted.
+pub fn spawn_watch(
+    cluster: String,
+    settings: EtcdSettings,
+    tx: mpsc::UnboundedSender<DcsUpdate>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move { run(cluster, settings, tx).await })
+}
+
+async fn run(cluster: String, s: EtcdSettings, tx: mpsc::UnboundedSender<DcsUpdate>) {
+    let mut last_error: Option<String> = None;
+    loop {
+        match connect(&s).await {
+            Ok(mut client) => {
+                if last_error.take().is_some() {
+                    info!(cluster, "etcd reachable again");
+                }
+                loop {
+                    match session(&mut client, &s, &cluster, &tx).await {
+                        Ended::Resync(reason) => {
+                            warn!(cluster, reason, "re-reading the leader key");
+                        }
+                        Ended::Lost(e) => {
+                            report(&cluster, &e, &mut last_error, &tx);
+                            break;
+                        }
+                        Ended::AgentGone => return,
+                    }
+                }
+            }
+            Err(e) => report(&cluster, &e, &mut last_error, &tx),
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+fn report(
+    cluster: &str,
+    e: &DcsError,
+    last: &mut Option<String>,
+    tx: &mpsc::UnboundedSender<DcsUpdate>,
+) {
+    let message = e.to_string();
+    if last.as_deref() != Some(message.as_str()) {
+        debug!(cluster, error = %message, "etcd watch failed");
+    }
+    *last = Some(message.clone());
+    let _ = tx.send(DcsUpdate {
+        cluster: cluster.to_owned(),
+        view: LeaderView::Fallback(message),
+        endpoint: None,
+        revision: 0,
+        confirmed: Instant::now(),
+    });
+}
+
+enum Ended {
+    /// Read again and watch anew (cancelled or compacted watch, a full read that disagrees).
+    Resync(String),
+    Lost(DcsError),
+    AgentGone,
+}
+
+/// The leader key and Patroni's failsafe setting, at a revision.
+struct Read {
+    holder: Option<String>,
+    failsafe: bool,
+    revision: i64,
+}
+
+fn view(holder: Option<&str>, failsafe: bool) -> LeaderView {
+    match holder {
+        None if failsafe => LeaderView::Fallback(
+            "no leader key while Patroni's failsafe_mode is on (the primary may run without the DCS)"
+                .to_owned(),
+        ),
+        h => LeaderView::Leader(h.map(str::to_owned)),
+    }
+}
+
+async fn session(
+    client: &mut Client,
+    s: &EtcdSettings,
+    cluster: &str,
+    tx: &mpsc::UnboundedSender<DcsUpdate>,
+) -> Ended {
+    let endpoint = s.endpoints.join(",");
+    let send = |holder: Option<&str>, failsafe: bool, revision: i64| {
+        tx.send(DcsUpdate {
+            cluster: cluster.to_owned(),
+            view: view(holder, failsafe),
+            endpoint: Some(endpoint.clone()),
+            revision,
+            confirmed: Instant::now(),
+        })
+        .is_ok()
+    };
+    let first = match read(client, s, cluster).await {
+        Ok(r) => r,
+        Err(e) => return Ended::Lost(e),
+    };
+    let (mut holder, failsafe, mut revision) = (first.holder, first.failsafe, first.revision);
+    let mut failsafe = failsafe;
+    if !send(holder.as_deref(), failsafe, revision) {
+        return Ended::AgentGone;
+    }
+    let key = leader_key(&s.namespace, cluster);
+    let opts = WatchOptions::new()
+        .with_start_revision(revision + 1)
+        .with_progress_notify();
+    let mut stream = match timeout(REQUEST_TIMEOUT, client.watch(key.as_str(), Some(opts))).await {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => return Ended::Lost(classify(s, e)),
+        Err(_) => return Ended::Lost(silent(s, REQUEST_TIMEOUT)),
+    };
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    let mut full = tokio::time::interval(FULL_READ_EVERY);
+    full.tick().await;
+    let mut last_answer = Instant::now();
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Ended::Lost(DcsError::Unreachable {
+                        endpoints: endpoint.clone(),
+                        message: "etcd closed the watch stream".to_owned(),
+                    }),
+                    Err(e) => return Ended::Lost(classify(s, e)),
+                };
+                last_answer = Instant::now();
+                if resp.canceled() {
+                    return Ended::Resync(if resp.compact_revision() > 0 {
+                        format!(
+                            "etcd compacted past the watched revision {} (oldest kept: {})",
+                            revision + 1,
+                            resp.compact_revision()
+                        )
+                    } else {
+                        format!("etcd cancelled the watch: {}", resp.cancel_reason())
+                    });
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    revision = revision.max(kv.mod_revision());
+                    holder = match ev.event_type() {
+                        EventType::Put => kv.value_str().ok().map(str::to_owned),
+                        EventType::Delete => None,
+                    };
+                }
+                if let Some(h) = resp.header() {
+                    revision = revision.max(h.revision());
+                }
+                if !send(holder.as_deref(), failsafe, revision) {
+                    return Ended::AgentGone;
+                }
+            }
+            _ = progress.tick() => {
+                if last_answer.elapsed() > SILENCE_LIMIT {
+                    return Ended::Lost(silent(s, SILENCE_LIMIT));
+                }
+                if let Err(e) = stream.request_progress().await {
+                    return Ended::Lost(classify(s, e));
+                }
+            }
+            _ = full.tick() => {
+                let r = match read(client, s, cluster).await {
+                    Ok(r) => r,
+                    Err(e) => return Ended::Lost(e),
+                };
+                failsafe = r.failsafe;
+                if r.holder != holder && r.revision >= revision {
+                    return Ended::Resync(format!(
+                        "a full read found leader {:?} where the watch said {:?} (a lost event)",
+                        r.holder, holder
+                    ));
+                }
+                revision = revision.max(r.revision);
+                if !send(holder.as_deref(), failsafe, revision) {
+                    return Ended::AgentGone;
+                }
+            }
+        }
+    }
+}
+
+async fn read(client: &mut Client, s: &EtcdSettings, cluster: &str) -> Result<Read, DcsError> {
+    let key = leader_key(&s.namespace, cluster);
+    let resp = match timeout(REQUEST_TIMEOUT, client.get(key.as_str(), None)).await {
+        Ok(r) => r.map_err(|e| classify(s, e))?,
+        Err(_) => return Err(silent(s, REQUEST_TIMEOUT)),
+    };
+    let revision = resp
+        .header()
+        .map_or(0, etcd_client::ResponseHeader::revision);
+    let holder = resp
+        .kvs()
+        .first()
+        .and_then(|kv| kv.value_str().ok())
+        .map(str::to_owned);
+    let cfg = config_key(&s.namespace, cluster);
+    let failsafe = match timeout(REQUEST_TIMEOUT, client.get(cfg.as_str(), None)).await {
+        Ok(Ok(r)) => r.kvs().first().is_some_and(|kv| failsafe_mode(kv.value())),
+        Ok(Err(e)) => return Err(classify(s, e)),
+        Err(_) => return Err(silent(s, REQUEST_TIMEOUT)),
+    };
+    Ok(Read {
+        holder,
+        failsafe,
+        revision,
+    })
+}
+
+/// Whether Patroni's dynamic configuration (JSON) turns `failsafe_mode` on.
+#[must_use]
+pub fn failsafe_mode(config: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(config)
+        .ok()
+        .and_then(|v| v.get("failsafe_mode").and_then(serde_json::Value::as_bool))
+        .unwrap_or(false)
+}
+
+fn silent(s: &EtcdSettings, after: Duration) -> DcsError {
+    DcsError::Unreachable {
+        endpoints: s.endpoints.join(","),
+        message: format!("no answer within {after:?}"),
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, DcsError> {
+    std::fs::read(path).map_err(|source| DcsError::File {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn options(s: &EtcdSettings) -> Result<ConnectOptions, DcsError> {
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_auto_token_refresh(true);
+    if s.ca.is_some() || s.identity.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &s.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read_file("CA", ca)?));
+        }
+        if let Some((cert, key)) = &s.identity {
+            tls = tls.identity(Identity::from_pem(
+                read_file("client certificate", cert)?,
+                read_file("client key", key)?,
+            ));
+        }
+        o = o.with_tls(tls);
+    }
+    Ok(o)
+}
+
+/// Connects, logging in as the RBAC user when etcd has authentication on (an etcd without it, such
+/// as a test cluster, is read without credentials).
+async fn connect(s: &EtcdSettings) -> Result<Client, DcsError> {
+    let base = options(s)?;
+    let attempt = |o: ConnectOptions| async move {
+        match timeout(
+            CONNECT_TIMEOUT + REQUEST_TIMEOUT,
+            Client::connect(&s.endpoints, Some(o)),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|e| classify(s, e)),
+            Err(_) => Err(silent(s, CONNECT_TIMEOUT + REQUEST_TIMEOUT)),
+        }
+    };
+    let Some((user, password)) = &s.user else {
+        return attempt(base).await;
+    };
+    match attempt(base.clone().with_user(user, password)).await {
+        Err(DcsError::Etcd { message, .. })
+            if message.contains("authentication is not enabled") =>
+        {
+            debug!("etcd has no authentication enabled: reading without credentials");
+            attempt(base).await
+        }
+        other => other,
+    }
+}
+
+/// The error and its causes in one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+fn classify(s: &EtcdSettings, e: etcd_client::Error) -> DcsError {
+    let endpoints = s.endpoints.join(",");
+    let user = s.user.as_ref().map_or_else(String::new, |(u, _)| u.clone());
+    match e {
+        etcd_client::Error::GRpcStatus(st) => {
+            let message = st.message().to_owned();
+            let lower = message.to_ascii_lowercase();
+            let code = st.code() as i32;
+            let denied = matches!(
+                code,
+                tonic_code::UNAUTHENTICATED | tonic_code::PERMISSION_DENIED
+            ) || lower.contains("authentication failed")
+                || lower.contains("invalid user id or password")
+                || lower.contains("permission denied");
+            if denied {
+                DcsError::Credentials { user, message }
+            } else if matches!(
+                code,
+                tonic_code::CANCELLED
+                    | tonic_code::UNKNOWN
+                    | tonic_code::DEADLINE_EXCEEDED
+                    | tonic_code::INTERNAL
+                    | tonic_code::UNAVAILABLE
+            ) {
+                // The connection broke (a stopped etcd shows as an h2 error on the open stream).
+                let message = chain(&st);
+                if is_tls(&message) {
+                    DcsError::Tls { endpoints, message }
+                } else {
+                    DcsError::Unreachable { endpoints, message }
+                }
+            } else {
+                DcsError::Etcd { endpoints, message }
+            }
+        }
+        other => {
+            let message = chain(&other);
+            if is_tls(&message) {
+                DcsError::Tls { endpoints, message }
+            } else {
+                DcsError::Unreachable { endpoints, message }
+            }
+        }
+    }
+}
+
+fn is_tls(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "unknownissuer", "x509"]
+        .iter()
+        .any(|w| m.contains(w))
+}
+
+/// gRPC status codes (the numbers of tonic's `Code`, which etcd-client does not re-export).
+mod tonic_code {
+    pub const CANCELLED: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failsafe_mode_is_read_from_patronis_config() {
+        assert!(failsafe_mode(br#"{"ttl":30,"failsafe_mode":true}"#));
+        assert!(!failsafe_mode(br#"{"ttl":30,"failsafe_mode":false}"#));
+        assert!(!failsafe_mode(br#"{"ttl":30}"#));
+        assert!(!failsafe_mode(b"not json"));
+    }
+
+    #[test]
+    fn without_a_leader_failsafe_mode_falls_back_to_rest_checks() {
+        assert_eq!(view(None, false), LeaderView::Leader(None));
+        assert!(matches!(view(None, true), LeaderView::Fallback(r) if r.contains("failsafe_mode")));
+        assert_eq!(
+            view(Some("pg-test-1"), true),
+            LeaderView::Leader(Some("pg-test-1".into()))
+        );
+    }
+}
