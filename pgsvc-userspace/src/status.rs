@@ -36,6 +36,10 @@ pub struct Status {
     /// The agent process (CPU, threads, limits) and connection peaks over all services.
     #[serde(default)]
     pub process: ProcessStatus,
+    /// Clients on the node itself (cgroup socket programs): `served (cgroup PATH)` or
+    /// `not served: WHY`.
+    #[serde(default)]
+    pub local_clients: String,
 }
 
 /// The agent process, for HAProxy's `haproxy_process_*` figures.

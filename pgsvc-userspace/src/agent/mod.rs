@@ -18,6 +18,7 @@ pub mod bpffs;
 pub mod checks;
 pub mod host;
 pub mod lifecycle;
+pub mod listeners;
 pub mod project;
 pub mod reconcile;
 pub mod reload;
@@ -65,4 +66,8 @@ pub struct AgentOptions {
     pub timeouts: Timeouts,
     /// Burst checking during transitions and outages (`None`: HAProxy's schedule exactly).
     pub check_burst: Option<Duration>,
+    /// The cgroup (v2) whose processes are served as local clients (`None`: the cgroup v2 root).
+    pub cgroup: Option<PathBuf>,
+    /// Start even when another process listens on a service port (warn instead of refusing).
+    pub takeover: bool,
 }

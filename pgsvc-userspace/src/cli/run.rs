@@ -63,6 +63,15 @@ pub struct RunArgs {
     /// still count as configured; 0 keeps HAProxy's inter/fastinter/downinter schedule to the letter.
     #[arg(long, default_value_t = 100)]
     pub check_burst: u64,
+    /// Clients on the node itself are balanced by cgroup socket programs attached to this cgroup v2
+    /// directory and inherited by every cgroup below it [default: the cgroup v2 root, i.e. every
+    /// process of the node].
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+    /// Start even when another process (HAProxy still running?) listens on a service port of a
+    /// local address; without it, pgsvc refuses to start and names the port and the process.
+    #[arg(long)]
+    pub takeover: bool,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -134,6 +143,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             idle_ns: args.idle_timeout.saturating_mul(1_000_000_000),
             ..Timeouts::default()
         },
+        cgroup: args.cgroup,
+        takeover: args.takeover,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(agent::WORKER_THREADS)
