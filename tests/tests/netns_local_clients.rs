@@ -282,6 +282,33 @@ fn clients_on_the_node_reach_the_right_member_through_every_local_address() {
             "{addr}:5434 with the replica down"
         );
     }
+
+    // The agent's exit detaches its socket programs from the cgroup.
+    let attached = bpftool_cgroup_show(cg.path());
+    assert_eq!(attached.len(), 3, "attached while running: {attached:?}");
+    drop(rig);
+    let left = bpftool_cgroup_show(cg.path());
+    assert!(left.is_empty(), "still attached after exit: {left:?}");
+}
+
+/// The programs attached to a cgroup, as `bpftool cgroup show` lists them (one line each).
+fn bpftool_cgroup_show(cgroup: &Path) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("running bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Waits up to `timeout` for `child` to exit; kills it otherwise. `Some(success)` when it exited.
@@ -314,6 +341,9 @@ fn a_listener_on_a_service_port_refuses_the_start_unless_takeover() {
     let config = dir.join("pigsty.yml");
     std::fs::write(&config, inventory(FAST, "")).expect("inventory");
     let pins = PinDir::new("lc-taken");
+    // Socket programs of every agent started here go to a test cgroup, not the machine's root.
+    let cg = TestCgroup::new();
+    let cg_arg = cg.as_ref().map(TestCgroup::arg);
     let agent = |extra: &[&str]| {
         let mut cmd = Command::new(pgsvc_bin());
         cmd.args(["--netns", &ns, "run", "--config"])
@@ -324,6 +354,9 @@ fn a_listener_on_a_service_port_refuses_the_start_unless_takeover() {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(a) = cg_arg.as_deref().filter(|_| !extra.contains(&"--cgroup")) {
+            cmd.args(["--cgroup", a]);
+        }
         cmd.spawn().expect("spawning pgsvc run")
     };
 
@@ -355,15 +388,8 @@ fn a_listener_on_a_service_port_refuses_the_start_unless_takeover() {
     assert!(err.contains("is not a cgroup v2 directory"), "{err}");
     assert!(!pins.path().exists(), "a refused start left pins behind");
 
-    // --takeover: starts, with a warning naming the port (its socket programs go to a test
-    // cgroup, not the machine's root).
-    let cg = TestCgroup::new();
-    let cg_arg = cg.as_ref().map(TestCgroup::arg);
-    let mut args = vec!["--takeover"];
-    if let Some(a) = &cg_arg {
-        args.extend(["--cgroup", a.as_str()]);
-    }
-    let mut taken = agent(&args);
+    // --takeover: starts, with a warning naming the port.
+    let mut taken = agent(&["--takeover"]);
     let up = holder.run(|_| {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
