@@ -216,7 +216,7 @@ fn clients_on_the_node_reach_the_right_member_through_every_local_address() {
         );
         return;
     };
-    let rig = AgentRig::start_with(&inventory(FAST, ""), stub(), &["--cgroup", &cg.arg()]);
+    let mut rig = AgentRig::start_with(&inventory(FAST, ""), stub(), &["--cgroup", &cg.arg()]);
     let node = rig.lb_ns().to_owned();
     let st = rig.status();
     assert_eq!(
@@ -267,6 +267,44 @@ fn clients_on_the_node_reach_the_right_member_through_every_local_address() {
         outside.is_err(),
         "a client outside the cgroup was balanced to {:?}",
         outside.map(|c| c.server.clone())
+    );
+
+    // A crashed agent leaves its pinned links serving; the next one replaces them (not doubles
+    // them), and a session opened under the old programs is released under the new ones.
+    let across = LocalClient::open(&node, Some(&cg), VIP, 5433).expect("client across restart");
+    if let Some(mut a) = rig.agent.take() {
+        a.signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
+            .expect("agent killed");
+    }
+    assert_eq!(
+        bpftool_cgroup_show(cg.path()).len(),
+        3,
+        "links after a crash"
+    );
+    let during = LocalClient::open(&node, Some(&cg), LB, 5433).expect("client while no agent");
+    assert_eq!(during.server, "pg-test-1:6432");
+    drop(during);
+    rig.start_agent();
+    assert_eq!(
+        rig.status()["local_clients"].as_str(),
+        Some(format!("served (cgroup {})", cg.arg()).as_str()),
+        "after the restart:\n{}",
+        rig.log_text()
+    );
+    let attached = bpftool_cgroup_show(cg.path());
+    assert_eq!(attached.len(), 3, "links after the restart: {attached:?}");
+    let after = LocalClient::open(&node, Some(&cg), LB, 5433).expect("client after restart");
+    assert_eq!(after.server, "pg-test-1:6432");
+    rig.wait_for(
+        "2 sessions after the restart",
+        Duration::from_secs(5),
+        |r| current_sessions(r, "pg-test-primary") == 2,
+    );
+    drop((across, after));
+    rig.wait_for(
+        "sessions released after the restart",
+        Duration::from_secs(5),
+        |r| current_sessions(r, "pg-test-primary") == 0,
     );
 
     // Every replica-role server down: 5434 falls back to the backup, the primary, for local
