@@ -51,8 +51,10 @@ pub mod maps {
     pub const REASONS: &str = "REASONS";
     pub const LOCAL_SCOPE: &str = "LOCAL_SCOPE";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const SOCK_FLOWS: &str = "SOCK_FLOWS";
+    pub const SOCK_SCOPE: &str = "SOCK_SCOPE";
     /// Every map the program declares (all pinned by name).
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         CONFIG,
         SERVICES,
         SVC_STATE,
@@ -70,6 +72,8 @@ pub mod maps {
         REASONS,
         LOCAL_SCOPE,
         LOCAL_ADDRS,
+        SOCK_FLOWS,
+        SOCK_SCOPE,
     ];
 }
 
@@ -83,6 +87,19 @@ pub mod programs {
     /// The TC egress (clsact) program on the attached interface: restores the service address and
     /// port on the replies of flows delivered to a local member (see `BE_F_LOCAL`).
     pub const TC_EGRESS: &str = "pgsvc_tc_egress";
+    /// cgroup `connect4`: a local client's connect to a service goes to the selected server.
+    pub const SOCK_CONNECT4: &str = "pgsvc_connect4";
+    /// cgroup `getpeername4`: the client sees the address it dialled.
+    pub const SOCK_GETPEERNAME4: &str = "pgsvc_getpeername4";
+    /// cgroup `sock_release`: a local client's session stops counting.
+    pub const SOCK_RELEASE: &str = "pgsvc_sock_release";
+    /// The socket programs, with the names their cgroup links are pinned under (`link_*`, like the
+    /// XDP links, so that `pgsvc detach` removes them too).
+    pub const SOCK: [(&str, &str); 3] = [
+        (SOCK_CONNECT4, "link_cgroup_connect4"),
+        (SOCK_GETPEERNAME4, "link_cgroup_getpeername4"),
+        (SOCK_RELEASE, "link_cgroup_sock_release"),
+    ];
 }
 
 /// `CONFIG[0]`: global settings written by the agent before traffic is steered.
@@ -688,6 +705,37 @@ impl Reason {
     }
 }
 
+/// Size of `SOCK_FLOWS`: sessions of clients on the node itself open at once.
+pub const MAX_SOCK_FLOWS: u32 = 65536;
+
+/// `SOCK_FLOWS` value, keyed by socket cookie (u64): a local client's connection that the cgroup
+/// `connect4` program sent to a server. Counted like a flow from the network (service and backend
+/// connection counters) from the connect until the socket is released.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockFlow {
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub backend_epoch: u32,
+    /// The address and port the client dialled (network order): what `getpeername` shows.
+    pub vip: u32,
+    pub backend_addr: u32,
+    pub vport: u16,
+    pub backend_port: u16,
+}
+const _: () = assert!(size_of::<SockFlow>() == 24);
+
+/// `SOCK_SCOPE[0]`: which sockets the cgroup programs serve. They see every process of the cgroup
+/// whatever its network namespace; only sockets of the agent's own namespace are balanced, as
+/// HAProxy's `bind` only serves its own namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockScope {
+    /// The agent's network-namespace cookie (`SO_NETNS_COOKIE`); 0 = serve nothing yet.
+    pub netns_cookie: u64,
+}
+const _: () = assert!(size_of::<SockScope>() == 8);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -705,6 +753,8 @@ mod pod {
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for LocalScope {}
+    unsafe impl aya::Pod for SockFlow {}
+    unsafe impl aya::Pod for SockScope {}
 }
 
 #[cfg(test)]

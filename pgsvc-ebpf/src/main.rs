@@ -19,12 +19,17 @@ mod parse;
 mod rst;
 mod scope;
 mod select;
+mod sock;
 mod stats;
 mod tc;
 mod verify;
 mod xmit;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{cgroup_sock, cgroup_sock_addr, xdp},
+    programs::{SockAddrContext, SockContext, XdpContext},
+};
 use pgsvc_common::{ABI_VERSION, Action, Config, Reason};
 
 use crate::parse::Pkt;
@@ -94,6 +99,22 @@ fn config() -> Result<&'static Config, Reason> {
 fn svc_is_snat_target(pkt: &Pkt, cfg: &Config) -> bool {
     let port = u16::from_be(pkt.dport);
     pkt.daddr == cfg.snat_addr && port >= cfg.snat_port_min && port <= cfg.snat_port_max
+}
+
+/// Local clients: see sock.rs.
+#[cgroup_sock_addr(connect4)]
+pub fn pgsvc_connect4(ctx: SockAddrContext) -> i32 {
+    sock::connect4(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn pgsvc_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::getpeername4(&ctx)
+}
+
+#[cgroup_sock(sock_release)]
+pub fn pgsvc_sock_release(ctx: SockContext) -> i32 {
+    sock::sock_release(&ctx)
 }
 
 #[cfg(not(test))]

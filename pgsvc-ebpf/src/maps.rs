@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use pgsvc_common::{
     Backend, BackendSet, Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, LocalScope,
-    MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, NatKey, NatRev, PORT_F_EXACT, PORT_F_WILDCARD,
-    Reason, ServiceKey, ServiceRuntime, ServiceState, TrafficStats,
+    MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_SOCK_FLOWS, NatKey, NatRev, PORT_F_EXACT,
+    PORT_F_WILDCARD, Reason, ServiceKey, ServiceRuntime, ServiceState, SockFlow, SockScope,
+    TrafficStats,
 };
 
 /// Global settings (one entry).
@@ -120,3 +121,12 @@ pub fn lookup_service(daddr: u32, dport: u16, port_flags: u8) -> Option<Found> {
         wildcard: true,
     })
 }
+
+/// Sessions of clients on the node itself, by socket cookie (see sock.rs). A plain hash map, not
+/// LRU: an evicted entry would never be released and its counters would leak.
+#[map]
+pub static SOCK_FLOWS: HashMap<u64, SockFlow> = HashMap::pinned(MAX_SOCK_FLOWS, 0);
+
+/// Which sockets the cgroup programs serve (one entry; see [`SockScope`]).
+#[map]
+pub static SOCK_SCOPE: Array<SockScope> = Array::pinned(1, 0);

@@ -39,6 +39,10 @@ pub struct Status {
     /// Patroni's DCS per watched cluster (empty: REST checks alone, `--dcs off` or no etcd).
     #[serde(default)]
     pub dcs: Vec<DcsClusterStatus>,
+    /// Clients on the node itself (cgroup socket programs): `served (cgroup PATH)` or
+    /// `not served: WHY`.
+    #[serde(default)]
+    pub local_clients: String,
 }
 
 /// One cluster's leader key as the agent sees it.

@@ -146,6 +146,7 @@ pub(crate) fn sample_status() -> Status {
         xdp_mode: "native".into(),
         snat_addr: "198.18.0.10".into(),
         vip: Some("198.18.0.100/24".into()),
+        local_clients: "served (cgroup /sys/fs/cgroup)".into(),
         last_reload: Some(ReloadStatus {
             at: 1_700_007_320.5,
             ok: true,

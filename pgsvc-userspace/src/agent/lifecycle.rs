@@ -14,7 +14,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    AgentOptions, bpffs, host,
+    AgentOptions, bpffs, host, listeners,
     project::unix_now,
     reconcile::{Identity, Reconciler, Settings, flatten},
     state_file::StateFile,
@@ -81,6 +81,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             );
         }
     }
+    refuse_taken_ports(&services, opts.takeover)?;
     host::reserve_ports(&opts.snat_ports)?;
     // Bound before the kernel is touched: a busy port fails the start with nothing to undo.
     let listener = tokio::net::TcpListener::bind(opts.admin)
@@ -113,6 +114,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     };
     info!(iface = opts.iface, mode, mac = ?iface_mac, snat = %snat_addr, "datapath ready");
+    let local_clients = match dp.attach_local_clients(opts.cgroup.as_deref()) {
+        Ok(cgroup) => format!("served (cgroup {})", cgroup.display()),
+        Err(e) if opts.cgroup.is_some() && !dp.adopted() => {
+            abandon(dp);
+            return Err(e).context("--cgroup: local clients cannot be served there");
+        }
+        Err(e) => {
+            let why = error_chain(&e);
+            warn!(
+                "local clients are NOT served: {why}; clients reaching the node over {} still are (XDP)",
+                opts.iface
+            );
+            format!("not served: {why}")
+        }
+    };
     let vip_added = match opts.vip {
         // An adopted datapath's VIP was added by the agent before us: ours to remove on exit too.
         Some((addr, prefix)) => match host::add_vip(&opts.iface, addr, prefix) {
@@ -141,6 +157,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         xdp_mode: mode,
         snat_addr,
         vip: opts.vip,
+        local_clients,
     };
     let settings = Settings {
         snat_ports: opts.snat_ports.clone(),
@@ -310,6 +327,39 @@ fn sd_notify(sent: Result<bool, notify::NotifyError>) {
     if let Err(e) = sent {
         warn!(error = %e, "notifying systemd failed");
     }
+}
+
+/// Refuses to start (or, with `--takeover`, warns) when another process listens on a service port
+/// at an address a service covers (HAProxy still running on the node).
+fn refuse_taken_ports(services: &[crate::plan::ServicePlan], takeover: bool) -> anyhow::Result<()> {
+    let taken = listeners::conflicts(&listeners::bounds(services), &listeners::listeners());
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let what = taken
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if takeover {
+        warn!("--takeover: {what}; pgsvc takes its traffic over");
+        return Ok(());
+    }
+    bail!(
+        "{what}: stop that process first (HAProxy still running?), or start pgsvc with --takeover; nothing was changed"
+    )
+}
+
+/// `error: cause: cause` in one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Undoes a start that failed after the datapath was loaded: a datapath of our own is detached and

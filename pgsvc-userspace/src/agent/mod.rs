@@ -20,6 +20,7 @@ pub mod checks;
 pub mod fence;
 pub mod host;
 pub mod lifecycle;
+pub mod listeners;
 pub mod project;
 pub mod reconcile;
 pub mod reload;
@@ -70,4 +71,8 @@ pub struct AgentOptions {
     /// Whether to watch Patroni's leader key in etcd, and the `--etcd-*` flags.
     pub dcs: crate::dcs::DcsMode,
     pub etcd: crate::dcs::EtcdOverrides,
+    /// The cgroup (v2) whose processes are served as local clients (`None`: the cgroup v2 root).
+    pub cgroup: Option<PathBuf>,
+    /// Start even when another process listens on a service port (warn instead of refusing).
+    pub takeover: bool,
 }

@@ -96,6 +96,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             xdp_mode: self.identity.xdp_mode.to_owned(),
             snat_addr: self.identity.snat_addr.to_string(),
             vip: self.identity.vip.map(|(a, p)| format!("{a}/{p}")),
+            local_clients: self.identity.local_clients.clone(),
             last_reload: self.last_reload.clone(),
             services,
             datapath: DatapathStatus {

@@ -48,6 +48,8 @@ pub struct Identity {
     pub xdp_mode: &'static str,
     pub snat_addr: Ipv4Addr,
     pub vip: Option<(Ipv4Addr, u8)>,
+    /// Whether clients on the node itself are served, and where (see `Status::local_clients`).
+    pub local_clients: String,
 }
 
 /// What the reconciler needs of `pgsvc run`'s options.

@@ -153,6 +153,7 @@ fn identity() -> Identity {
         xdp_mode: "native",
         snat_addr: Ipv4Addr::new(198, 18, 0, 2),
         vip: Some((Ipv4Addr::new(198, 18, 0, 3), 24)),
+        local_clients: "served (cgroup /sys/fs/cgroup)".to_owned(),
     }
 }
 

@@ -155,7 +155,9 @@ fn detach_pins(dir: &Path) -> anyhow::Result<()> {
         }
         let path = dir.join(&name);
         std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
-        if let Some(iface) = name.strip_prefix("link_") {
+        if let Some(hook) = name.strip_prefix("link_cgroup_") {
+            println!("pgsvc detach: local-client socket program ({hook}) detached from its cgroup");
+        } else if let Some(iface) = name.strip_prefix("link_") {
             println!("pgsvc detach: XDP program detached from {iface}");
         }
     }

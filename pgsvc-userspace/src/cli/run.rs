@@ -91,6 +91,15 @@ pub struct RunArgs {
     /// Patroni's DCS namespace [default: the inventory's `pg_namespace`, else /pg].
     #[arg(long)]
     pub etcd_namespace: Option<String>,
+    /// Clients on the node itself are balanced by cgroup socket programs attached to this cgroup v2
+    /// directory and inherited by every cgroup below it [default: the cgroup v2 root, i.e. every
+    /// process of the node].
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+    /// Start even when another process (HAProxy still running?) listens on a service port of a
+    /// local address; without it, pgsvc refuses to start and names the port and the process.
+    #[arg(long)]
+    pub takeover: bool,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -172,6 +181,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             password: args.etcd_password,
             namespace: args.etcd_namespace,
         },
+        cgroup: args.cgroup,
+        takeover: args.takeover,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(agent::WORKER_THREADS)

@@ -16,4 +16,4 @@ pub use api::*;
 pub use neigh::NextHop;
 #[cfg(feature = "test-hooks")]
 pub use xdp::ProgramRun;
-pub use xdp::{AttachMode, DatapathError, LoadOptions, XdpDatapath};
+pub use xdp::{AttachMode, DatapathError, LoadOptions, LocalClientsError, XdpDatapath};

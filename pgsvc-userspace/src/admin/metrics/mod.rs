@@ -259,6 +259,12 @@ fn pgsvc(e: &mut Exposition, s: &Status) {
         )],
     );
     e.single(
+        "pgsvc_local_clients_served",
+        Kind::Gauge,
+        "1 when clients on the node itself are balanced (cgroup socket programs attached), 0 when only clients reaching the node over the interface are (see /status local_clients).",
+        s.local_clients.starts_with("served").into(),
+    );
+    e.single(
         "pgsvc_ready",
         Kind::Gauge,
         "1 once every service has been written to the datapath.",

@@ -158,8 +158,10 @@ impl XdpDatapath {
     }
 }
 
-/// Removes every map pin of ours under `dir`, then `dir` itself if it is empty.
+/// Removes every map pin of ours under `dir` (and the socket programs' links), then `dir` itself if
+/// it is empty.
 pub(super) fn remove_pins(dir: &Path) {
+    super::cgroup::remove_sock_links(dir);
     for name in map_names::ALL {
         let path = dir.join(name);
         if let Err(e) = fs::remove_file(&path)

@@ -10,6 +10,7 @@
 //! GC), [`stats`] (counters read back).
 
 mod backends;
+mod cgroup;
 mod error;
 mod flows;
 mod hops;
@@ -44,6 +45,7 @@ use super::{
     neigh::NextHop,
 };
 
+pub use cgroup::{LocalClientsError, cgroup2_root, is_cgroup2};
 pub use error::DatapathError;
 pub use loader::monotonic_coarse_ns;
 #[cfg(feature = "test-hooks")]
