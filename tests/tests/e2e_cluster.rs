@@ -400,14 +400,18 @@ fn failover_under_probe(
         });
     let detect = up_t - f.promoted_t;
     let detect_bound = norm::DETECT_UP + 1.0;
+    // The test sees the promotion by polling /primary every 100 ms; with the leader key (`--dcs`,
+    // on by default where the inventory names etcd) pgsvc may have the new leader UP before that
+    // poll does: up to one poll interval and a request early is not "before the promotion".
+    let detect_floor = -0.25;
     report(&format!(
         "{name}: pgsvc marked {} UP in pg-test-primary {detect:.2}s after it answered /primary \
          (bound downinter 2s + (rise-1)·fastinter 2s + 1s = {detect_bound:.0}s)",
         f.new.name
     ));
     assert!(
-        (0.0..=detect_bound).contains(&detect),
-        "{name}: pgsvc marked the new leader UP {detect:.2}s after its promotion (allowed 0..{detect_bound}s)"
+        (detect_floor..=detect_bound).contains(&detect),
+        "{name}: pgsvc marked the new leader UP {detect:.2}s after its promotion (allowed {detect_floor}..{detect_bound}s)"
     );
     (
         f,

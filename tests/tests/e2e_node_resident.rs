@@ -142,18 +142,27 @@ fn e2e_node_resident_routes_every_service_on_every_node() {
         "the VIP is on the leader's node"
     );
     check_matrix(&sb, &agents, "node-resident");
-    // every node counted the flows it carried (new connections, local and remote members alike)
-    for (m, _) in MEMBERS.iter().zip(&agents) {
-        let (code, body) = sb.admin_get_at(m.addr, "/metrics").expect("GET /metrics");
-        assert_eq!(code, 200, "{}: {body}", m.name);
-        let total: f64 = body
-            .lines()
-            .filter(|l| l.starts_with("haproxy_server_sessions_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+    // every node counted the flows it carried (new connections, local and remote members alike);
+    // /metrics is a snapshot the agent refreshes periodically: poll it for a while
+    for m in &MEMBERS {
+        let t0 = std::time::Instant::now();
+        let (total, body) = loop {
+            let (code, body) = sb.admin_get_at(m.addr, "/metrics").expect("GET /metrics");
+            assert_eq!(code, 200, "{}: {body}", m.name);
+            let total: f64 = body
+                .lines()
+                .filter(|l| l.starts_with("haproxy_server_sessions_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if total >= 12.0 || t0.elapsed() > Duration::from_secs(15) {
+                break (total, body);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
         report(&format!(
-            "{}: haproxy_server_sessions_total sums to {total}",
-            m.name
+            "{}: haproxy_server_sessions_total sums to {total} ({:.1}s after the matrix)",
+            m.name,
+            t0.elapsed().as_secs_f64()
         ));
         assert!(
             total >= 12.0,
@@ -161,6 +170,7 @@ fn e2e_node_resident_routes_every_service_on_every_node() {
             m.name
         );
     }
+    drop(agents);
 }
 
 /// Failover under two writer probes through 5433: via the VIP and via pg-test-3's own address.
