@@ -533,22 +533,43 @@ impl Sandbox {
     /// `<state>/logs/pgsvc.log`; waits until `/ready` answers 200.
     pub fn start_pgsvc(&mut self, extra: &[&str]) -> anyhow::Result<Pgsvc> {
         self.attach_pass()?;
+        let pin_dir = self.pin_dir.display().to_string();
+        let vip = format!("{VIP}/24");
+        let mut args = vec!["--vip", &vip, "--admin", ADMIN, "--pin-dir", &pin_dir];
+        args.extend_from_slice(extra);
+        self.spawn_pgsvc("lb", "pgsvc.log", LB_ADDR, &args, "pgsvc")
+    }
+
+    /// `pgsvc --netns <host> run` with the sandbox inventory on eth0 (native XDP) plus `args`,
+    /// logging to `<state>/logs/<log_name>`; waits until `/ready` answers 200 at `admin`:9102.
+    fn spawn_pgsvc(
+        &self,
+        host: &str,
+        log_name: &str,
+        admin: Ipv4Addr,
+        args: &[&str],
+        what: &str,
+    ) -> anyhow::Result<Pgsvc> {
         ensure_bpffs();
-        let log = self.state.join("logs").join("pgsvc.log");
+        let log = self.state.join("logs").join(log_name);
         let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
         let mut cmd = Command::new(pgsvc_binary());
-        cmd.args(["--netns", &self.ns("lb"), "run", "--config"])
+        cmd.args(["--netns", &self.ns(host), "run", "--config"])
             .arg(inventory_path())
-            .args(["--cluster", "pg-test", "--iface", "eth0"])
-            .args(["--vip", &format!("{VIP}/24"), "--xdp-mode", "native"])
-            .args(["--admin", ADMIN, "--pin-dir"])
-            .arg(&self.pin_dir)
+            .args([
+                "--cluster",
+                "pg-test",
+                "--iface",
+                "eth0",
+                "--xdp-mode",
+                "native",
+            ])
             .args(["--log", "info"])
-            .args(extra)
+            .args(args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(file.try_clone().context("log file")?)
@@ -561,13 +582,13 @@ impl Sandbox {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = self.admin_get("/ready") {
+            if let Ok((200, _)) = self.admin_get_at(admin, "/ready") {
                 return Ok(agent);
             }
             self.check_cancel()?;
             if Instant::now() > deadline {
                 bail!(
-                    "pgsvc did not become ready in 30 s; its log:\n{}",
+                    "{what} did not become ready in 30 s; its log:\n{}",
                     agent.log_text()
                 );
             }
@@ -586,56 +607,17 @@ impl Sandbox {
     /// vip-manager does). Logs to `<state>/logs/pgsvc-<host>.log`; waits until `/ready` answers 200.
     pub fn start_node_pgsvc(&mut self, m: Member, extra: &[&str]) -> anyhow::Result<Pgsvc> {
         self.attach_node_pass()?;
-        ensure_bpffs();
-        let log = self
-            .state
-            .join("logs")
-            .join(format!("pgsvc-{}.log", m.host));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
         let admin = format!("{}:9102", m.addr);
-        let mut cmd = Command::new(pgsvc_binary());
-        cmd.args(["--netns", &self.ns(m.host), "run", "--config"])
-            .arg(inventory_path())
-            .args([
-                "--cluster",
-                "pg-test",
-                "--iface",
-                "eth0",
-                "--xdp-mode",
-                "native",
-            ])
-            .args(["--admin", &admin, "--pin-dir"])
-            .arg(self.node_pin_dir(m))
-            .args(["--log", "info"])
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().context("log file")?)
-            .stderr(file)
-            .process_group(0);
-        let agent = Pgsvc {
-            child: ChildGuard::spawn(cmd),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = self.admin_get_at(m.addr, "/ready") {
-                return Ok(agent);
-            }
-            self.check_cancel()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "pgsvc on {} did not become ready in 30 s; its log:\n{}",
-                    m.name,
-                    agent.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let pin_dir = self.node_pin_dir(m).display().to_string();
+        let mut args = vec!["--admin", &admin, "--pin-dir", &pin_dir];
+        args.extend_from_slice(extra);
+        self.spawn_pgsvc(
+            m.host,
+            &format!("pgsvc-{}.log", m.host),
+            m.addr,
+            &args,
+            &format!("pgsvc on {}", m.name),
+        )
     }
 
     /// Attaches the pass-through XDP program to the members' bridge ports (n1..n3 in the switch

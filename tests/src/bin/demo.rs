@@ -567,27 +567,7 @@ fn run(interactive: bool, topology: Topology) -> anyhow::Result<bool> {
         print!("{}", indent(&sb.pgsvc_status(false)?));
 
         if interactive {
-            println!(
-                "\n    The sandbox stays up. From another shell (as root), for example:\n      \
-                 ip netns exec {cl} psql 'host={VIP} port=5433 user=dbuser_test password=DBUser.Test dbname=test'\n      \
-                 {bin} --netns {cl} status --admin {ADMIN}\n      \
-                 PGSB_ID={id} sandbox/pgsandbox status\n    \
-                 Press Enter for another switchover under load; Ctrl-C tears everything down.",
-                cl = sb.ns("cl"),
-                bin = pgsvc_binary().display(),
-                id = sb.id
-            );
-            let mut round = 1;
-            while wait_enter()? {
-                round += 1;
-                n.total += 3;
-                all_ok &= switchover_round(&sb, &agent, &mut n, round)?;
-                println!("\n    Press Enter for another switchover; Ctrl-C tears everything down.");
-            }
-            // stdin closed: stay up until a signal
-            while !stopped() {
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            all_ok &= more_rounds(&sb, &agent, &mut n, ADMIN)?;
         }
         drop(agent);
         Ok(all_ok)
@@ -613,6 +593,34 @@ fn run(interactive: bool, topology: Topology) -> anyhow::Result<bool> {
     }
     let ok = result?;
     Ok(ok && leftovers.is_empty())
+}
+
+/// Interactive mode after the first round: a switchover under load per Enter, until stdin closes;
+/// then up until a signal. Whether every check of those rounds held.
+fn more_rounds(sb: &Sandbox, agent: &Pgsvc, n: &mut Narrator, admin: &str) -> anyhow::Result<bool> {
+    println!(
+        "\n    The sandbox stays up. From another shell (as root), for example:\n      \
+         ip netns exec {cl} psql 'host={VIP} port=5433 user=dbuser_test password=DBUser.Test dbname=test'\n      \
+         {bin} --netns {cl} status --admin {admin}\n      \
+         PGSB_ID={id} sandbox/pgsandbox status\n    \
+         Press Enter for another switchover under load; Ctrl-C tears everything down.",
+        cl = sb.ns("cl"),
+        bin = pgsvc_binary().display(),
+        id = sb.id
+    );
+    let mut all_ok = true;
+    let mut round = 1;
+    while wait_enter()? {
+        round += 1;
+        n.total += 3;
+        all_ok &= switchover_round(sb, agent, n, round)?;
+        println!("\n    Press Enter for another switchover; Ctrl-C tears everything down.");
+    }
+    // stdin closed: stay up until a signal
+    while !stopped() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(all_ok)
 }
 
 /// The node-resident topology: pgsvc on every member's node, the VIP following the leader key.
@@ -705,26 +713,7 @@ fn node_resident(sb: &mut Sandbox, n: &mut Narrator, interactive: bool) -> anyho
         sb.vip_holder().map_or("nobody", |m| m.name)
     );
     if interactive {
-        println!(
-            "\n    The sandbox stays up. From another shell (as root), for example:\n      \
-             ip netns exec {cl} psql 'host={VIP} port=5433 user=dbuser_test password=DBUser.Test dbname=test'\n      \
-             {bin} --netns {cl} status --admin 198.18.0.12:9102\n      \
-             PGSB_ID={id} sandbox/pgsandbox status\n    \
-             Press Enter for another switchover under load; Ctrl-C tears everything down.",
-            cl = sb.ns("cl"),
-            bin = pgsvc_binary().display(),
-            id = sb.id
-        );
-        let mut round = 1;
-        while wait_enter()? {
-            round += 1;
-            n.total += 3;
-            all_ok &= switchover_round(sb, &agents[2], n, round)?;
-            println!("\n    Press Enter for another switchover; Ctrl-C tears everything down.");
-        }
-        while !stopped() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        all_ok &= more_rounds(sb, &agents[2], n, "198.18.0.12:9102")?;
     }
     drop(agents);
     Ok(all_ok)
