@@ -12,9 +12,11 @@
 
 mod atomic;
 mod conntrack;
+mod flow;
 mod maps;
 mod nat;
 mod parse;
+mod pending;
 mod rst;
 mod scope;
 mod select;

@@ -62,7 +62,8 @@ pub enum AttachMode {
 pub struct LoadOptions {
     /// Where maps and links are pinned (on bpffs).
     pub pin_dir: PathBuf,
-    /// Size of `FLOWS` and `NAT_REV` (only when they are created, not when adopted).
+    /// Size of `FLOWS` (`FLOWS_PENDING` and `NAT_REV` are sized from it; only when they are
+    /// created, not when adopted).
     pub max_flows: u32,
     /// Source address of translated connections.
     pub snat_addr: Ipv4Addr,
@@ -99,6 +100,7 @@ struct Maps {
     svc_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     reasons: PerCpuArray<MapData, u64>,
+    flows_pending: HashMap<MapData, FlowKey, Flow>,
 }
 
 struct ServiceEntry {
@@ -140,6 +142,8 @@ pub struct XdpDatapath {
     static_hops: StdHashMap<Ipv4Addr, NextHop>,
     /// When this agent loaded (monotonic coarse ns).
     started_ns: u64,
+    /// Reverse entries of evicted pending flows reclaimed by the GC (cumulative).
+    orphans_reclaimed: u64,
 }
 
 impl XdpDatapath {
@@ -209,11 +213,19 @@ impl Datapath for XdpDatapath {
     }
 
     fn flow_count(&self) -> usize {
-        self.maps.flows.keys().filter(Result::is_ok).count()
+        self.established_count() + self.pending_count()
     }
 
     fn max_flows(&self) -> u32 {
         self.opts.max_flows
+    }
+
+    fn flow_tables(&self) -> Vec<(&'static str, u64, u64)> {
+        self.table_occupancy()
+    }
+
+    fn flows_evicted(&self) -> u64 {
+        self.orphans_reclaimed
     }
 
     fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, DatapathError> {
