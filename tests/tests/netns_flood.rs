@@ -47,7 +47,11 @@ impl RawSender {
         // SAFETY: plain socket calls; the fd is owned by the returned value and closed on drop.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
             assert!(ifindex != 0, "eth0 not found in the client namespace");
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
@@ -198,10 +202,13 @@ fn a_spoofed_syn_flood_of_ten_times_maxconn_costs_no_session() {
     let total = ok + failed.len();
     eprintln!("flood: {sent} spoofed SYNs; legitimate connections {ok}/{total} succeeded");
     assert_eq!(sent, flood, "every spoofed frame written");
-    assert!(total >= 20, "too few legitimate attempts ({total}) to judge");
     assert!(
         ok * 100 >= total * 99,
         "{ok}/{total} legitimate connections succeeded during the flood; failures: {failed:?}"
+    );
+    assert!(
+        total >= 20,
+        "too few legitimate attempts ({total}) to judge"
     );
     let back = rig.wait_for(
         "current_sessions back to the 3 held connections",
@@ -263,7 +270,8 @@ fn established_flows_survive_churn_and_a_flood_with_a_small_table() {
         t0.elapsed()
     );
     assert_eq!(
-        idle.echo(b"after churn").expect("idle connection after the churn"),
+        idle.echo(b"after churn")
+            .expect("idle connection after the churn"),
         b"after churn"
     );
     let sent = spoofed_syns(&rig, 4 * 1024, Duration::from_secs(2), 100_000)
@@ -271,7 +279,8 @@ fn established_flows_survive_churn_and_a_flood_with_a_small_table() {
         .expect("flood thread");
     assert_eq!(sent, 4 * 1024);
     assert_eq!(
-        idle.echo(b"after flood").expect("idle connection after the flood"),
+        idle.echo(b"after flood")
+            .expect("idle connection after the flood"),
         b"after flood"
     );
     // Counters equal the established flows: the idle connection only.

@@ -905,7 +905,10 @@ fn a_half_open_flow_counts_nothing_until_the_client_completes_the_handshake() {
     assert_eq!(r.conns(), (0, 0), "closing");
     assert_eq!((r.table("pending"), r.table("established")), (1, 0));
     let (action, _) = r.run(&Tcp::new((CLIENT, 36000), (VIP, 5433), ACK).frame());
-    assert_eq!(action, XDP_TX, "the last ACK of a closing flow still goes through");
+    assert_eq!(
+        action, XDP_TX,
+        "the last ACK of a closing flow still goes through"
+    );
     assert_eq!(r.dp.service_stats(SVC).expect("stats").closed_flows, 1);
 }
 
@@ -939,7 +942,11 @@ fn half_open_expiry_leaves_the_session_counters_alone() {
     assert_eq!(report.reconciled, 0, "nothing to correct: {report:?}");
     assert_eq!(r.conns(), (1, 1), "half-open expiry released nothing");
     assert_eq!((r.table("pending"), r.table("established")), (0, 1));
-    assert_eq!(r.table("nat_rev"), 1, "reverse entries of the half-open flows gone");
+    assert_eq!(
+        r.table("nat_rev"),
+        1,
+        "reverse entries of the half-open flows gone"
+    );
     let (action, _) = r.run(&Tcp::new((CLIENT, 36100), (VIP, 5433), PSH | ACK).frame());
     assert_eq!(action, XDP_TX);
 }
@@ -977,7 +984,11 @@ fn a_reset_in_half_open_is_forwarded_and_counts_nothing() {
     assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (0, 0));
     assert_eq!(r.conns(), (0, 0));
     let s = r.dp.service_stats(SVC).expect("stats");
-    assert_eq!((s.new_flows, s.closed_flows), (0, 0), "no session began or ended");
+    assert_eq!(
+        (s.new_flows, s.closed_flows),
+        (0, 0),
+        "no session began or ended"
+    );
     // The same 4-tuple can start over.
     r.open(36200);
     assert_eq!(r.conns(), (1, 1));
@@ -998,7 +1009,8 @@ fn established_flows_survive_a_syn_flood_of_twenty_times_the_table() {
     let flood = 20 * 256;
     for i in 0..flood {
         let src = Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250 + 1) as u8);
-        let (action, _) = r.run(&Tcp::new((src, 40000 + (i % 1000) as u16), (VIP, 5433), SYN).frame());
+        let (action, _) =
+            r.run(&Tcp::new((src, 40000 + (i % 1000) as u16), (VIP, 5433), SYN).frame());
         assert!(
             action == XDP_TX || action == XDP_DROP,
             "SYN {i}: action {action}"
@@ -1065,7 +1077,10 @@ fn gc_corrects_session_counters_to_the_established_flows() {
     r.dp.leak_sessions(SVC, 40).expect("test hook");
     assert_eq!(r.conns(), (42, 42), "phantom sessions planted");
     let report = r.dp.gc(&Timeouts::default()).expect("gc");
-    assert_eq!(report.reconciled, 2, "service and backend counter: {report:?}");
+    assert_eq!(
+        report.reconciled, 2,
+        "service and backend counter: {report:?}"
+    );
     assert_eq!(r.conns(), (2, 2), "counters equal the established flows");
     // Nothing to correct the next time.
     assert_eq!(r.dp.gc(&Timeouts::default()).expect("gc").reconciled, 0);

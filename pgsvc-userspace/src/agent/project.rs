@@ -13,8 +13,8 @@ use crate::{
     health::HealthState,
     plan::{Balance, BindAddr, ServicePlan},
     status::{
-        CheckStatus, DatapathStatus, FlowTableStatus, Peaks, ProcessStatus, STATUS_SCHEMA, ServerStatus,
-        ServiceStatus, Status,
+        CheckStatus, DatapathStatus, FlowTableStatus, Peaks, ProcessStatus, STATUS_SCHEMA,
+        ServerStatus, ServiceStatus, Status,
     },
 };
 
