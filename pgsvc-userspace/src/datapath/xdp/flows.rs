@@ -19,6 +19,11 @@ use crate::datapath::{
 
 type FlowMap = HashMap<MapData, FlowKey, Flow>;
 
+/// A reverse entry without a flow is reclaimed this long after its last packet (the datapath
+/// creates the reverse entry a moment before its flow; a backend retransmitting its SYN-ACK to an
+/// evicted half-open flow refreshes it at most every few seconds).
+const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
+
 fn entries(map: &FlowMap) -> Vec<(FlowKey, Flow)> {
     map.iter().filter_map(Result::ok).collect()
 }
@@ -146,9 +151,14 @@ impl XdpDatapath {
                 // The clock stands still while no agent runs: activity during that time is stamped
                 // with the moment it stopped, so idleness is never counted from before this agent
                 // started.
-                let last = rev
-                    .map_or(flow.last_seen_ns, |r| r.last_seen_ns.max(flow.last_seen_ns))
-                    .max(self.started_ns);
+                // A half-open flow is idle while its client is: a backend retransmitting its
+                // SYN-ACK to a spoofed source must not keep it alive.
+                let half_open = pending && flow.closing == 0;
+                let last = match rev {
+                    Some(r) if !half_open => r.last_seen_ns.max(flow.last_seen_ns),
+                    _ => flow.last_seen_ns,
+                }
+                .max(self.started_ns);
                 let idle = now.saturating_sub(last);
                 let stale = self.epoch_of(flow.backend_id) != flow.backend_epoch;
                 let limit = if flow.closing != 0 {
@@ -194,7 +204,7 @@ impl XdpDatapath {
             map_names::BACKEND_RELEASED,
             be_rel,
         )?;
-        report.orphans = self.collect_orphans(now, t.syn_ns);
+        report.orphans = self.collect_orphans(now, ORPHAN_GRACE_NS.min(t.syn_ns));
         self.orphans_reclaimed += report.orphans as u64;
         report.reconciled = self.reconcile_counters()?;
         Ok(report)
