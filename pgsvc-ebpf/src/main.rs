@@ -12,10 +12,12 @@
 
 mod atomic;
 mod conntrack;
+mod flow;
 mod local;
 mod maps;
 mod nat;
 mod parse;
+mod pending;
 mod rst;
 mod scope;
 mod select;

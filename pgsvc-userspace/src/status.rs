@@ -181,8 +181,22 @@ pub struct DatapathStatus {
     /// Entries in the flow table, and its size.
     pub flows: u64,
     pub max_flows: u64,
+    /// Occupancy per flow table (`established`, `pending`, `nat_rev`).
+    #[serde(default)]
+    pub tables: Vec<FlowTableStatus>,
+    /// Pending flows found evicted by the GC since the agent started.
+    #[serde(default)]
+    pub flows_evicted: u64,
     /// Packets by `Reason` label (`fwd_established`, `rst_no_flow`, ...), summed over CPUs.
     pub packets: BTreeMap<String, u64>,
+}
+
+/// Entries and capacity of one flow table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowTableStatus {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 /// One service (HAProxy `listen` section): the `proxy` label of the metrics.

@@ -13,8 +13,8 @@ use crate::{
     health::HealthState,
     plan::{Balance, BindAddr, ServicePlan},
     status::{
-        CheckStatus, DatapathStatus, Peaks, ProcessStatus, STATUS_SCHEMA, ServerStatus,
-        ServiceStatus, Status,
+        CheckStatus, DatapathStatus, FlowTableStatus, Peaks, ProcessStatus, STATUS_SCHEMA,
+        ServerStatus, ServiceStatus, Status,
     },
 };
 
@@ -102,6 +102,17 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             datapath: DatapathStatus {
                 flows: self.dp.flow_count() as u64,
                 max_flows: u64::from(self.dp.max_flows()),
+                tables: self
+                    .dp
+                    .flow_tables()
+                    .into_iter()
+                    .map(|(name, entries, capacity)| FlowTableStatus {
+                        name: name.to_owned(),
+                        entries,
+                        capacity,
+                    })
+                    .collect(),
+                flows_evicted: self.dp.flows_evicted(),
                 packets: reasons
                     .into_iter()
                     .map(|(r, n)| (r.name().to_owned(), n))

@@ -303,6 +303,41 @@ fn pgsvc(e: &mut Exposition, s: &Status) {
         s.datapath.max_flows.into(),
     );
     e.family(
+        "pgsvc_flow_table_entries",
+        Kind::Gauge,
+        "Entries per flow table: established (never evicted), pending (half-open and closing, LRU), nat_rev (reverse entries).",
+        s.datapath
+            .tables
+            .iter()
+            .map(|t| (vec![("table", t.name.as_str())], t.entries.into())),
+    );
+    e.family(
+        "pgsvc_flow_table_capacity",
+        Kind::Gauge,
+        "Capacity per flow table.",
+        s.datapath
+            .tables
+            .iter()
+            .map(|t| (vec![("table", t.name.as_str())], t.capacity.into())),
+    );
+    e.single(
+        "pgsvc_flow_table_evictions_total",
+        Kind::Counter,
+        "Pending (half-open or closing) flows evicted from their LRU table, as found by the flow GC since the agent started.",
+        s.datapath.flows_evicted.into(),
+    );
+    e.single(
+        "pgsvc_flow_table_refused_total",
+        Kind::Counter,
+        "Completed handshakes refused with a RST because the table of established flows was full.",
+        s.datapath
+            .packets
+            .get(pgsvc_common::Reason::RstFlowTableFull.name())
+            .copied()
+            .unwrap_or(0)
+            .into(),
+    );
+    e.family(
         "pgsvc_packets_total",
         Kind::Counter,
         "Packets the XDP program handled, by verdict.",
