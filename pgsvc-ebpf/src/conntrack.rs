@@ -5,9 +5,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use pgsvc_common::{
-    Action, BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason,
-    SNAT_TRIES, SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_ACK, TCP_F_FIN,
-    TCP_F_RST, TCP_F_SYN, open_conns,
+    Action, BE_F_UP, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason, SVC_F_ACTIVE,
+    SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_ACK, TCP_F_FIN, TCP_F_RST, TCP_F_SYN, open_conns,
 };
 use pgsvc_ebpf::hash;
 
@@ -16,7 +15,7 @@ use crate::{
     maps::{self, BACKENDS, FLOWS, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE, SVC_TABLE},
     nat::{self, Tuple},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
-    rst, scope, select, stats, verify, xmit,
+    rst, scope, select, snat, stats, verify, xmit,
 };
 
 /// `last_seen` is refreshed at most this often (keeps established packets from dirtying the entry).
@@ -211,7 +210,7 @@ fn admit(
         _pad: [0; 3],
         last_seen_ns: t,
     };
-    let snat_port = alloc_snat_port(cfg, be, &rev, h)?;
+    let snat_port = snat::alloc_snat_port(cfg, be, &rev, h)?;
     let flow = Flow {
         backend_id,
         backend_epoch: be.epoch,
@@ -251,28 +250,6 @@ fn admit(
     };
     stats::count_in(svc_id, backend_id, pkt.payload_len);
     nat::rewrite_and_send(ctx, pkt, &to, &hop, Reason::FwdNew)
-}
-
-/// Claims a free SNAT port toward this backend by inserting the reverse entry; tries a few hashed
-/// candidates before giving up.
-#[inline(always)]
-fn alloc_snat_port(cfg: &Config, be: &Backend, rev: &NatRev, h: u32) -> Result<u16, Reason> {
-    let min = u32::from(cfg.snat_port_min);
-    let max = u32::from(cfg.snat_port_max);
-    if max < min {
-        return Err(Reason::DropSnatExhausted);
-    }
-    let range = max - min + 1;
-    let mut i = 0;
-    while i < SNAT_TRIES {
-        let port = (min + (h.wrapping_add(i.wrapping_mul(0x9e37_79b1)) % range)) as u16;
-        let key = NatKey::of_packet(be.addr, cfg.snat_addr, be.port, port.to_be());
-        if NAT_REV.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
-            return Ok(port.to_be());
-        }
-        i += 1;
-    }
-    Err(Reason::DropSnatExhausted)
 }
 
 #[inline(always)]

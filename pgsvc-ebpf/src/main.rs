@@ -18,6 +18,7 @@ mod parse;
 mod rst;
 mod scope;
 mod select;
+mod snat;
 mod stats;
 mod verify;
 mod xmit;
