@@ -27,8 +27,8 @@ pub const RING_SIZE: usize = 1021;
 pub const MAX_ACTIVE: usize = 32;
 /// Default size of `FLOWS` and `NAT_REV` (the agent can size them at load time).
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
-/// SNAT port candidates tried before a new flow is dropped as `SnatExhausted`.
-pub const SNAT_TRIES: u32 = 8;
+/// SNAT ports probed per SYN for a free one; see `pgsvc_ebpf::snat` for the rules.
+pub const SNAT_TRIES: u32 = 32;
 /// Size of `LOCAL_ADDRS`: local IPv4 addresses of the node that `ip: "*"` services accept.
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 
@@ -476,7 +476,8 @@ pub enum Reason {
     DropBackendMaxconn = 14,
     /// SYN while the service has no usable backend: dropped.
     DropNoBackend = 15,
-    /// SYN with no free SNAT port: dropped.
+    /// SYN with no free SNAT port, but one about to be (its connection just ended): dropped, the
+    /// client's retransmission finds it.
     DropSnatExhausted = 16,
     /// Flow table insert failed: dropped.
     DropFlowInsert = 17,
@@ -497,6 +498,9 @@ pub enum Reason {
     /// The IPv4 total length claims more bytes than the frame has: passed untouched (the kernel
     /// drops it).
     PassBadLength = 23,
+    /// SYN refused with a RST: every SNAT port toward the chosen server carries a live connection
+    /// (no port will be free before the client would retransmit).
+    RstSnatExhausted = 24,
 }
 
 /// What the XDP program does with a packet, by [`Reason::action`].
@@ -515,7 +519,7 @@ pub enum Action {
 const _: () = assert!(Reason::COUNT <= 32);
 
 impl Reason {
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassNotIpv4,
         Self::PassNotTcp,
@@ -541,6 +545,7 @@ impl Reason {
         Self::PassNotLocal,
         Self::PassBadChecksum,
         Self::PassBadLength,
+        Self::RstSnatExhausted,
     ];
 
     /// The reason with discriminant `v`.
@@ -581,7 +586,8 @@ impl Reason {
             | Self::FwdEstablished
             | Self::Reverse
             | Self::RstNoFlow
-            | Self::RstBackendDown => Action::Transmit,
+            | Self::RstBackendDown
+            | Self::RstSnatExhausted => Action::Transmit,
         }
     }
 
@@ -633,6 +639,7 @@ impl Reason {
             Self::PassNotLocal => "pass_not_local",
             Self::PassBadChecksum => "pass_bad_checksum",
             Self::PassBadLength => "pass_bad_length",
+            Self::RstSnatExhausted => "rst_snat_exhausted",
         }
     }
 }

@@ -50,7 +50,10 @@ fn tcp_bits(flags: u8) -> u8 {
 #[inline(always)]
 fn touch(last_seen_ns: &mut u64, seen_flags: &mut u8, tcp_flags: u8) {
     let t = now();
-    if t.wrapping_sub(*last_seen_ns) > TOUCH_NS {
+    if tcp_flags & (TH_FIN | TH_RST) != 0 {
+        // Closing packets carry the exact time: SNAT port reuse waits for silence after them.
+        *last_seen_ns = snat::exact_now();
+    } else if t.wrapping_sub(*last_seen_ns) > TOUCH_NS {
         *last_seen_ns = t;
     }
     let bits = tcp_bits(tcp_flags);
@@ -210,7 +213,11 @@ fn admit(
         _pad: [0; 3],
         last_seen_ns: t,
     };
-    let snat_port = snat::alloc_snat_port(cfg, be, &rev, h)?;
+    let snat_port = match snat::alloc_port(cfg, be, &rev, t) {
+        snat::Alloc::Port(port) => port,
+        snat::Alloc::Retry => return Err(Reason::DropSnatExhausted),
+        snat::Alloc::Refuse => return snat::refuse(ctx, pkt, svc_id),
+    };
     let flow = Flow {
         backend_id,
         backend_epoch: be.epoch,
