@@ -152,6 +152,9 @@ pub struct DatapathStatus {
     pub max_flows: u64,
     /// Packets by `Reason` label (`fwd_established`, `rst_no_flow`, ...), summed over CPUs.
     pub packets: BTreeMap<String, u64>,
+    /// Size of the SNAT port range: the ports each server can be reached from.
+    #[serde(default)]
+    pub snat_ports: u64,
 }
 
 /// One service (HAProxy `listen` section): the `proxy` label of the metrics.
@@ -233,6 +236,11 @@ pub struct ServerStatus {
     pub rst_sent: u64,
     #[serde(default)]
     pub peaks: Peaks,
+    /// SNAT ports this server's connections hold (open, or finished and not yet reused or
+    /// collected), as of the last flow GC; the range ([`DatapathStatus::snat_ports`]) is shared by
+    /// the services that send to the same address and port.
+    #[serde(default)]
+    pub snat_ports_in_use: u64,
 }
 
 /// The most recent health check of a server.

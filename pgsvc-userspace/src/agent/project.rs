@@ -105,6 +105,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                     .into_iter()
                     .map(|(r, n)| (r.name().to_owned(), n))
                     .collect(),
+                snat_ports: self.settings.snat_ports.clone().count() as u64,
             },
             process,
         };
@@ -127,6 +128,12 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         let conns: HashMap<String, u64> = self
             .dp
             .backend_conns(&svc.name)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let snat: HashMap<String, u64> = self
+            .dp
+            .snat_ports_in_use(&svc.name)
             .unwrap_or_default()
             .into_iter()
             .collect();
@@ -199,6 +206,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                         st.new_flows,
                         wall,
                     ),
+                    snat_ports_in_use: snat.get(&srv.name).copied().unwrap_or(0),
                 }
             })
             .collect();

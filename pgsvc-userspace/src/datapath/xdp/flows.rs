@@ -92,7 +92,7 @@ impl XdpDatapath {
             if !expire {
                 continue;
             }
-            let _ = self.maps.nat_rev.remove(&nat_key);
+            self.remove_nat_of(&nat_key, key);
             if self.maps.flows.remove(key).is_err() {
                 continue;
             }
@@ -124,15 +124,19 @@ impl XdpDatapath {
         }
         // Reverse entries whose flow is gone (a race with the datapath's own removal, or LRU eviction).
         let revs: Vec<(NatKey, NatRev)> = self.maps.nat_rev.iter().filter_map(Result::ok).collect();
+        let mut held = Vec::with_capacity(revs.len());
         for (k, r) in revs {
             let fk = keys::flow_key_of(&r);
             if self.maps.flows.get(&fk, 0).is_err()
                 && now.saturating_sub(r.last_seen_ns) > 5_000_000_000
             {
                 let _ = self.maps.nat_rev.remove(&k);
-                report.orphans += 1;
+                report.orphans += usize::from(!Self::is_snat_cursor(&k));
+            } else if !Self::is_snat_cursor(&k) {
+                held.push(r);
             }
         }
+        self.count_snat_ports(held.iter());
         Ok(report)
     }
 }

@@ -130,6 +130,7 @@ impl XdpDatapath {
             adopted,
             static_hops: StdHashMap::new(),
             started_ns: monotonic_coarse_ns(),
+            snat_in_use: StdHashMap::new(),
         };
         dp.scan_slots()?;
         dp.write_config()?;

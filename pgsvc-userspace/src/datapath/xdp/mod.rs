@@ -18,6 +18,7 @@ mod loader;
 mod scope;
 mod services;
 mod slots;
+mod snat;
 mod stats;
 #[cfg(feature = "test-hooks")]
 mod testrun;
@@ -140,6 +141,8 @@ pub struct XdpDatapath {
     static_hops: StdHashMap<Ipv4Addr, NextHop>,
     /// When this agent loaded (monotonic coarse ns).
     started_ns: u64,
+    /// SNAT ports held per backend slot, counted at the last GC pass.
+    snat_in_use: StdHashMap<u32, u64>,
 }
 
 impl XdpDatapath {
@@ -218,5 +221,9 @@ impl Datapath for XdpDatapath {
 
     fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, DatapathError> {
         self.write_local_scope(scope)
+    }
+
+    fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, DatapathError> {
+        self.snat_ports_by_backend(service)
     }
 }
