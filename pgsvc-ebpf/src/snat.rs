@@ -149,7 +149,7 @@ fn cursor(cfg: &Config, be: &Backend, seed: u32, now: u64) -> Option<*mut NatRev
         last_seen_ns: now,
         ..NatRev::default()
     };
-    let _ = NAT_REV.insert(key, &fresh, u64::from(BPF_NOEXIST));
+    let _ = NAT_REV.insert(key, fresh, u64::from(BPF_NOEXIST));
     NAT_REV.get_ptr_mut(key)
 }
 
@@ -219,7 +219,7 @@ fn take_over(key: &NatKey, rev: &NatRev) -> bool {
         // SAFETY: hash map value, read only.
         let f = unsafe { &*f };
         if f.snat_port == key.snat_port && f.backend_addr == key.backend_addr && f.closing != 0 {
-            let _ = FLOWS.remove(&old);
+            let _ = FLOWS.remove(old);
         }
     }
     true

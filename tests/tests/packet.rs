@@ -861,7 +861,7 @@ fn snat_rig(test: &str, ports: std::ops::RangeInclusive<u16>) -> Option<Rig> {
 
 impl Rig {
     /// The server's segment to the SNAT address and port `snat_port`.
-    fn from_backend(&mut self, snat_port: u16, flags: u8) -> u32 {
+    fn backend_sends(&mut self, snat_port: u16, flags: u8) -> u32 {
         let mut t = Tcp::new((B1, 6432), (LB, snat_port), flags);
         t.src_mac = BACKEND_MAC;
         self.run(&t.frame()).0
@@ -871,14 +871,14 @@ impl Rig {
     /// FIN first, as PostgreSQL clients close); returns its SNAT port.
     fn open_and_close(&mut self, sport: u16) -> u16 {
         let snat = self.syn(sport).sport;
-        assert_eq!(self.from_backend(snat, SYN | ACK), XDP_TX);
+        assert_eq!(self.backend_sends(snat, SYN | ACK), XDP_TX);
         let client = |r: &mut Self, flags| {
             r.run(&Tcp::new((CLIENT, sport), (VIP, 5433), flags).frame())
                 .0
         };
         assert_eq!(client(self, ACK), XDP_TX);
         assert_eq!(client(self, FIN | ACK), XDP_TX);
-        assert_eq!(self.from_backend(snat, FIN | ACK), XDP_TX);
+        assert_eq!(self.backend_sends(snat, FIN | ACK), XDP_TX);
         assert_eq!(client(self, ACK), XDP_TX);
         snat
     }
@@ -956,7 +956,7 @@ fn ports_of_finished_connections_are_reused_after_half_a_second_of_quiet() {
     closed.sort_unstable();
     // The fourth port: half closed (the client's FIN only) — the server may still send.
     let half = r.syn(43003).sport;
-    assert_eq!(r.from_backend(half, SYN | ACK), XDP_TX);
+    assert_eq!(r.backend_sends(half, SYN | ACK), XDP_TX);
     let fin = Tcp::new((CLIENT, 43003), (VIP, 5433), FIN | ACK).frame();
     assert_eq!(r.run(&fin).0, XDP_TX);
     // Right after the close: not yet reusable, and not refused either — dropped, so that the
@@ -975,7 +975,7 @@ fn ports_of_finished_connections_are_reused_after_half_a_second_of_quiet() {
             p.sport
         );
         reused.push(p.sport);
-        assert_eq!(r.from_backend(p.sport, SYN | ACK), XDP_TX);
+        assert_eq!(r.backend_sends(p.sport, SYN | ACK), XDP_TX);
     }
     reused.sort_unstable();
     assert_eq!(reused, closed, "each finished connection's port taken once");
