@@ -28,8 +28,8 @@ pub const MAX_ACTIVE: usize = 32;
 /// Default size of `FLOWS`, the table of established connections (the agent can size it at load
 /// time with `--max-flows`; `FLOWS_PENDING` and `NAT_REV` are sized from it).
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
-/// SNAT port candidates tried before a new flow is dropped as `SnatExhausted`.
-pub const SNAT_TRIES: u32 = 8;
+/// SNAT ports probed per SYN for a free one; see `pgsvc_ebpf::snat` for the rules.
+pub const SNAT_TRIES: u32 = 32;
 /// Size of `LOCAL_ADDRS`: local IPv4 addresses of the node that `ip: "*"` services accept.
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 
@@ -549,7 +549,8 @@ pub enum Reason {
     DropBackendMaxconn = 14,
     /// SYN while the service has no usable backend: dropped.
     DropNoBackend = 15,
-    /// SYN with no free SNAT port: dropped.
+    /// SYN with no free SNAT port, but one about to be (its connection just ended): dropped, the
+    /// client's retransmission finds it.
     DropSnatExhausted = 16,
     /// Flow table insert failed: dropped.
     DropFlowInsert = 17,
@@ -581,6 +582,9 @@ pub enum Reason {
     /// The client completed a handshake but the table of established flows (`FLOWS`, `--max-flows`)
     /// is full: RST to the client (a live connection is never evicted to make room).
     RstFlowTableFull = 27,
+    /// SYN refused with a RST: every SNAT port toward the chosen server carries a live connection
+    /// (no port will be free before the client would retransmit).
+    RstSnatExhausted = 28,
 }
 
 /// What the XDP program does with a packet, by [`Reason::action`].
@@ -599,7 +603,7 @@ pub enum Action {
 const _: () = assert!(Reason::COUNT <= 32);
 
 impl Reason {
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 29;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassNotIpv4,
         Self::PassNotTcp,
@@ -629,6 +633,7 @@ impl Reason {
         Self::PassLocalEstablished,
         Self::ReverseLocal,
         Self::RstFlowTableFull,
+        Self::RstSnatExhausted,
     ];
 
     /// The reason with discriminant `v`.
@@ -673,7 +678,8 @@ impl Reason {
             | Self::RstNoFlow
             | Self::RstBackendDown
             | Self::ReverseLocal
-            | Self::RstFlowTableFull => Action::Transmit,
+            | Self::RstFlowTableFull
+            | Self::RstSnatExhausted => Action::Transmit,
         }
     }
 
@@ -729,6 +735,7 @@ impl Reason {
             Self::PassLocalEstablished => "pass_local_established",
             Self::ReverseLocal => "reverse_local",
             Self::RstFlowTableFull => "rst_flow_table_full",
+            Self::RstSnatExhausted => "rst_snat_exhausted",
         }
     }
 }

@@ -6,8 +6,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use pgsvc_common::{
-    Action, BE_F_LOCAL, BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev,
-    Reason, SNAT_TRIES, SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_SYN, open_conns,
+    Action, BE_F_LOCAL, BE_F_UP, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason,
+    SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_SYN, open_conns,
 };
 use pgsvc_ebpf::hash;
 
@@ -21,7 +21,7 @@ use crate::{
     },
     nat::{self, Tuple},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
-    pending, rst, scope, select, stats, verify, xmit,
+    pending, rst, scope, select, snat, stats, verify, xmit,
 };
 
 /// Client → service packet, on a port where some service listens. The table of established flows
@@ -67,14 +67,21 @@ pub fn forward(
     // From here on we create state or answer: only for frames whose checksums hold (see verify.rs
     // for why established packets are not verified).
     verify::require_checksums(ctx, pkt)?;
-    if !syn {
-        let v = rst::reply(ctx, pkt, Reason::RstNoFlow)?;
-        if let Some(s) = stats::service(svc_id) {
-            s.rst_sent += 1;
+    // One place answers with a RST (each inlined copy of `rst::reply` costs stack): a non-SYN
+    // without a flow, or a SYN that found every SNAT port live (snat.rs).
+    let reason = if syn {
+        match new_flow(ctx, pkt, cfg, svc_id, svc, &key) {
+            Err(Reason::RstSnatExhausted) => Reason::RstSnatExhausted,
+            other => return other,
         }
-        return Ok(v);
+    } else {
+        Reason::RstNoFlow
+    };
+    let v = rst::reply(ctx, pkt, reason)?;
+    if let Some(s) = stats::service(svc_id) {
+        s.rst_sent += 1;
     }
-    new_flow(ctx, pkt, cfg, svc_id, svc, &key)
+    Ok(v)
 }
 
 #[inline(always)]
@@ -102,13 +109,14 @@ fn established(
     }
     flow::touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {
-        let f = *flow;
+        // Translated before the flow is removed or moved (no copy of it on the stack).
+        let v = flow::send_to_backend(ctx, pkt, cfg, be, flow, Reason::FwdEstablished);
         if pkt.flags & TH_RST != 0 {
             remove_flow(key, flow);
         } else {
             close_flow(key, flow);
         }
-        return flow::send_to_backend(ctx, pkt, cfg, be, &f, Reason::FwdEstablished);
+        return v;
     }
     flow::send_to_backend(ctx, pkt, cfg, be, flow, Reason::FwdEstablished)
 }
@@ -136,6 +144,11 @@ fn new_flow(
 
 /// A client SYN without a flow: picks a backend and an SNAT port and creates a half-open flow in
 /// `FLOWS_PENDING`. Nothing is counted until the client completes the handshake.
+///
+/// A flow to a member on this node (`BE_F_LOCAL`) gets no SNAT port and a reverse entry keyed by
+/// the member's reply (the TC egress program translates the reply and marks the member's SYN-ACK
+/// on it); its packets are translated in place and passed to the stack (see local.rs). It too
+/// counts as a session only once the client completes the handshake.
 #[inline(always)]
 fn admit(
     ctx: &XdpContext,
@@ -159,10 +172,13 @@ fn admit(
     let h = hash::flow4(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport);
     let backend_id = select::pick(svc.algorithm, set, rt, h)?;
     let be = BACKENDS.get(backend_id).ok_or(Reason::DropNoBackend)?;
-    if be.flags & BE_F_LOCAL != 0 {
-        return admit_local(ctx, pkt, cfg, svc_id, svc, key, backend_id, be);
-    }
-    let hop = xmit::hop_to_backend(ctx, cfg, be, pkt)?;
+    let local = be.flags & BE_F_LOCAL != 0;
+    let hop = if local {
+        local::require_local_daddr(pkt)?;
+        None
+    } else {
+        Some(xmit::hop_to_backend(ctx, cfg, be, pkt)?)
+    };
     let (client_mac, lb_mac) = xmit::frame_macs(ctx)?;
     let t = now();
     let rev = NatRev {
@@ -179,7 +195,16 @@ fn admit(
         _pad: [0; 3],
         last_seen_ns: t,
     };
-    let snat_port = alloc_snat_port(cfg, be, &rev, h)?;
+    // A local flow holds no SNAT port: it stays out of the allocator.
+    let snat_port = if local {
+        0
+    } else {
+        match snat::alloc_port(cfg, be, &rev, t) {
+            snat::Alloc::Port(port) => port,
+            snat::Alloc::Retry => return Err(Reason::DropSnatExhausted),
+            snat::Alloc::Refuse => return Err(Reason::RstSnatExhausted),
+        }
+    };
     let flow = Flow {
         backend_id,
         backend_epoch: be.epoch,
@@ -196,113 +221,38 @@ fn admit(
         .insert(key, flow, u64::from(BPF_NOEXIST))
         .is_err()
     {
-        // Another CPU created this flow from a retransmitted SYN first: follow its choice.
-        let _ = NAT_REV.remove(rev_key(key, &flow));
-        return match FLOWS_PENDING.get_ptr_mut(key) {
-            // SAFETY: as in `forward`.
-            Some(f) => pending::forward(ctx, pkt, cfg, svc, key, unsafe { &mut *f }),
+        // Another CPU created this flow from a retransmitted SYN first: follow its choice (a SYN
+        // of a pending flow is only forwarded; the reverse entry is the other CPU's).
+        if !local {
+            let _ = NAT_REV.remove(rev_key(key, &flow));
+        }
+        // SAFETY: the value is copied out before the next helper call.
+        return match unsafe { FLOWS_PENDING.get(key) } {
+            Some(f) => {
+                let f = *f;
+                flow::send_to_backend(ctx, pkt, cfg, be, &f, Reason::FwdNew)
+            }
             None => Err(Reason::DropFlowInsert),
         };
     }
+    let Some(hop) = hop else {
+        // Keyed by the member's reply; a leftover entry of an earlier flow with the same 4-tuple
+        // is simply replaced (the forward insert above decided that this flow is the new one).
+        if NAT_REV.insert(rev_key(key, &flow), rev, 0).is_err() {
+            let _ = FLOWS_PENDING.remove(key);
+            return Err(Reason::DropFlowInsert);
+        }
+        stats::count_in(svc_id, backend_id, pkt.payload_len);
+        return local::dnat_and_pass(ctx, pkt, be.addr, be.port, Reason::PassLocalNew);
+    };
+    stats::count_in(svc_id, backend_id, pkt.payload_len);
     let to = Tuple {
         saddr: cfg.snat_addr,
         sport: snat_port,
         daddr: be.addr,
         dport: be.port,
     };
-    stats::count_in(svc_id, backend_id, pkt.payload_len);
     nat::rewrite_and_send(ctx, pkt, &to, &hop, Reason::FwdNew)
-}
-
-/// A new flow to a member on this node: a half-open flow in `FLOWS_PENDING` with no SNAT port and
-/// a reverse entry keyed by the member's reply (the TC egress program translates the reply and
-/// marks the member's SYN-ACK on it), translated in place and passed to the stack (see local.rs).
-/// Like any flow it counts as a session only once the client completes the handshake.
-#[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined: one step of the entry, not a call"
-)]
-fn admit_local(
-    ctx: &XdpContext,
-    pkt: &Pkt,
-    cfg: &Config,
-    svc_id: u32,
-    svc: &ServiceState,
-    key: &FlowKey,
-    backend_id: u32,
-    be: &Backend,
-) -> Result<Verdict, Reason> {
-    local::require_local_daddr(pkt)?;
-    let (client_mac, lb_mac) = xmit::frame_macs(ctx)?;
-    let t = now();
-    let flow = Flow {
-        backend_id,
-        backend_epoch: be.epoch,
-        svc_id,
-        backend_addr: be.addr,
-        backend_port: be.port,
-        snat_port: 0,
-        client_flags: TCP_F_SYN,
-        _pad0: [0; 3],
-        closing: 0,
-        last_seen_ns: t,
-    };
-    if FLOWS_PENDING
-        .insert(key, flow, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        // Another CPU created this flow from a retransmitted SYN first: follow its choice.
-        return match FLOWS_PENDING.get_ptr_mut(key) {
-            // SAFETY: as in `forward`.
-            Some(f) => pending::forward(ctx, pkt, cfg, svc, key, unsafe { &mut *f }),
-            None => Err(Reason::DropFlowInsert),
-        };
-    }
-    let rev = NatRev {
-        client_addr: pkt.saddr,
-        vip: pkt.daddr,
-        client_port: pkt.sport,
-        vport: pkt.dport,
-        client_ifindex: ctx.ingress_ifindex() as u32,
-        client_mac,
-        lb_mac,
-        backend_id,
-        svc_id,
-        backend_flags: 0,
-        _pad: [0; 3],
-        last_seen_ns: t,
-    };
-    // Keyed by the member's reply; a leftover entry of an earlier flow with the same 4-tuple is
-    // simply replaced (the forward insert above decided that this flow is the new one).
-    if NAT_REV.insert(rev_key(key, &flow), rev, 0).is_err() {
-        let _ = FLOWS_PENDING.remove(key);
-        return Err(Reason::DropFlowInsert);
-    }
-    stats::count_in(svc_id, backend_id, pkt.payload_len);
-    local::dnat_and_pass(ctx, pkt, be.addr, be.port, Reason::PassLocalNew)
-}
-
-/// Claims a free SNAT port toward this backend by inserting the reverse entry; tries a few hashed
-/// candidates before giving up.
-#[inline(always)]
-fn alloc_snat_port(cfg: &Config, be: &Backend, rev: &NatRev, h: u32) -> Result<u16, Reason> {
-    let min = u32::from(cfg.snat_port_min);
-    let max = u32::from(cfg.snat_port_max);
-    if max < min {
-        return Err(Reason::DropSnatExhausted);
-    }
-    let range = max - min + 1;
-    let mut i = 0;
-    while i < SNAT_TRIES {
-        let port = (min + (h.wrapping_add(i.wrapping_mul(0x9e37_79b1)) % range)) as u16;
-        let key = NatKey::of_packet(be.addr, cfg.snat_addr, be.port, port.to_be());
-        if NAT_REV.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
-            return Ok(port.to_be());
-        }
-        i += 1;
-    }
-    Err(Reason::DropSnatExhausted)
 }
 
 /// First FIN or RST of an established flow: the first caller drops its counters and moves it to

@@ -12,7 +12,7 @@ use crate::{
     maps::{BACKENDS, CONFIG, SVC_RUNTIME},
     nat::{self, Tuple},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
-    select, stats, xmit,
+    select, snat, stats, xmit,
 };
 
 /// `last_seen` is refreshed at most this often (keeps established packets from dirtying the entry).
@@ -47,7 +47,10 @@ fn tcp_bits(flags: u8) -> u8 {
 #[inline(always)]
 pub fn touch(last_seen_ns: &mut u64, seen_flags: &mut u8, tcp_flags: u8) {
     let t = now();
-    if t.wrapping_sub(*last_seen_ns) > TOUCH_NS {
+    if tcp_flags & (TH_FIN | TH_RST) != 0 {
+        // Closing packets carry the exact time: SNAT port reuse waits for silence after them.
+        *last_seen_ns = snat::exact_now();
+    } else if t.wrapping_sub(*last_seen_ns) > TOUCH_NS {
         *last_seen_ns = t;
     }
     let bits = tcp_bits(tcp_flags);

@@ -21,6 +21,7 @@ mod pending;
 mod rst;
 mod scope;
 mod select;
+mod snat;
 mod sock;
 mod stats;
 mod tc;

@@ -16,7 +16,7 @@ use crate::{
     flow::{self, rev_key},
     maps::{BACKENDS, FLOWS, FLOWS_PENDING, NAT_REV},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
-    rst,
+    rst, snat,
 };
 
 const EEXIST: i64 = 17;
@@ -81,11 +81,28 @@ pub fn forward(
     }
     flow::touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
     let mut reason = Reason::FwdEstablished;
-    if pkt.flags & TH_RST != 0 || (flow.closing != 0 && last_ack(pkt, key, flow)) {
-        // Reset, or the client's ACK of the backend's FIN after its own: nothing of the connection
-        // is left to translate. A removed entry's memory may be reused at once: send from a copy.
+    if pkt.flags & TH_RST != 0 {
+        // Reset: nothing of the connection is left to translate. A removed entry's memory may be
+        // reused at once: send from a copy.
         let f = *flow;
         remove(key, flow);
+        return flow::send_to_backend(ctx, pkt, cfg, be, &f, reason);
+    }
+    if flow.closing != 0 && last_ack(pkt, key, flow) {
+        // The client's ACK of the backend's FIN after its own: the flow is over. Its SNAT port
+        // stays held by the reverse entry, stamped now, until it has been quiet long enough for
+        // the allocator to take it over (snat.rs) or the agent's GC collects it; a local flow
+        // holds no port and goes entirely.
+        let f = *flow;
+        if f.is_local() {
+            remove(key, flow);
+        } else {
+            if let Some(r) = NAT_REV.get_ptr_mut(rev_key(key, &f)) {
+                // SAFETY: map value; a plain store of the time, as `touch` does.
+                unsafe { (*r).last_seen_ns = snat::exact_now() };
+            }
+            let _ = FLOWS_PENDING.remove(key);
+        }
         return flow::send_to_backend(ctx, pkt, cfg, be, &f, reason);
     }
     if flow.closing == 0 {

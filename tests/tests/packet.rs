@@ -1133,7 +1133,8 @@ fn a_reset_in_half_open_is_forwarded_and_counts_nothing() {
     assert_eq!(action, XDP_TX, "the RST reaches the backend");
     let fwd = parse_verified(&out).expect("valid frame");
     assert_eq!((fwd.dst, fwd.sport, fwd.flags), (B1, p.sport, RST));
-    assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (0, 0));
+    // What stays in `nat_rev` is the server's SNAT allocation cursor (port 0), no port.
+    assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (0, 1));
     // A late SYN-ACK is the host's business; a late ACK establishes nothing.
     assert_eq!(r.synack(&p), XDP_PASS);
     let (_, out) = r.run(&Tcp::new((CLIENT, 36200), (VIP, 5433), ACK).frame());
@@ -1146,7 +1147,7 @@ fn a_reset_in_half_open_is_forwarded_and_counts_nothing() {
     let (action, out) = r.run(&rst.frame());
     assert_eq!(action, XDP_TX, "the RST reaches the client");
     assert_eq!(parse_verified(&out).expect("valid frame").dst, CLIENT);
-    assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (0, 0));
+    assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (0, 1));
     assert_eq!(r.conns(), (0, 0));
     let s = r.dp.service_stats(SVC).expect("stats");
     assert_eq!(
@@ -1251,4 +1252,167 @@ fn gc_corrects_session_counters_to_the_established_flows() {
     assert_eq!(r.dp.gc(&Timeouts::default()).expect("gc").reconciled, 0);
     r.open(36503);
     assert_eq!(r.conns(), (3, 3));
+}
+
+// SNAT port allocation (issue 9, item 5).
+
+/// One server behind the service, and a SNAT range of `ports`.
+fn snat_rig(test: &str, ports: std::ops::RangeInclusive<u16>) -> Option<Rig> {
+    if !require_root(test) {
+        return None;
+    }
+    let pins = PinDir::new("pkt");
+    let mut opts = LoadOptions::new(pins.path(), LB);
+    opts.snat_ports = ports;
+    opts.fib_fallback = false;
+    opts.max_flows = 4096;
+    let mut dp = XdpDatapath::load(opts).expect("load + verifier");
+    dp.set_static_next_hop(
+        B1,
+        NextHop {
+            ifindex: 0,
+            mac: BACKEND_MAC,
+            src_mac: LB_MAC,
+        },
+    );
+    let spec = ServiceSpec {
+        addrs: vec![VIP],
+        port: 5433,
+        algorithm: Algorithm::RoundRobin,
+        maxconn: 0,
+        shutdown_sessions: true,
+    };
+    dp.upsert_service(SVC, &spec).expect("service");
+    dp.set_backends(SVC, &[backend("pg-test-1", B1, true)])
+        .expect("backends");
+    Some(Rig { dp, _pins: pins })
+}
+
+impl Rig {
+    /// The server's segment to the SNAT address and port `snat_port`.
+    fn backend_sends(&mut self, snat_port: u16, flags: u8) -> u32 {
+        let mut t = Tcp::new((B1, 6432), (LB, snat_port), flags);
+        t.src_mac = BACKEND_MAC;
+        self.run(&t.frame()).0
+    }
+
+    /// A connection from client port `sport` through the handshake and a full close (the client's
+    /// FIN first, as PostgreSQL clients close); returns its SNAT port.
+    fn open_and_close(&mut self, sport: u16) -> u16 {
+        let snat = self.syn(sport).sport;
+        assert_eq!(self.backend_sends(snat, SYN | ACK), XDP_TX);
+        let client = |r: &mut Self, flags| {
+            r.run(&Tcp::new((CLIENT, sport), (VIP, 5433), flags).frame())
+                .0
+        };
+        assert_eq!(client(self, ACK), XDP_TX);
+        assert_eq!(client(self, FIN | ACK), XDP_TX);
+        assert_eq!(self.backend_sends(snat, FIN | ACK), XDP_TX);
+        assert_eq!(client(self, ACK), XDP_TX);
+        snat
+    }
+}
+
+#[test]
+fn a_full_snat_range_refuses_a_syn_with_a_reset_at_once() {
+    let Some(mut r) = snat_rig("snat_full", 41000..=41003) else {
+        return;
+    };
+    let mut ports: Vec<u16> = (0..4).map(|i| r.open(42000 + i).sport).collect();
+    ports.sort_unstable();
+    assert_eq!(
+        ports,
+        vec![41000, 41001, 41002, 41003],
+        "every port of the range used once"
+    );
+    for round in 0..2 {
+        let mut t = Tcp::new((CLIENT, 42010), (VIP, 5433), SYN);
+        t.seq = 7000;
+        let (action, out) = r.run(&t.frame());
+        assert_eq!(action, XDP_TX, "round {round}: the SYN is answered");
+        let p = parse_verified(&out).expect("RST checksums");
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 5433, CLIENT, 42010));
+        assert_eq!(
+            (p.flags, p.seq, p.ack),
+            (RST | ACK, 0, 7001),
+            "round {round}"
+        );
+        assert_eq!((p.dst_mac, p.src_mac), (CLIENT_MAC, LB_MAC));
+        // Live connections keep their ports however long they are idle.
+        std::thread::sleep(std::time::Duration::from_millis(600));
+    }
+    assert_eq!(r.reason(Reason::RstSnatExhausted), 2);
+    assert_eq!(r.reason(Reason::DropSnatExhausted), 0);
+    let s = r.dp.service_stats(SVC).expect("stats");
+    assert_eq!((s.rst_sent, s.syn_dropped, s.new_flows), (2, 0, 4));
+    assert_eq!(r.dp.flow_count(), 4, "no flow for the refused SYN");
+    // The established connections are untouched.
+    let (action, out) = r.run(&Tcp::new((CLIENT, 42000), (VIP, 5433), ACK).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(parse_verified(&out).expect("valid frame").dst, B1);
+}
+
+#[test]
+fn a_syn_tried_again_from_the_same_client_port_gets_another_snat_port() {
+    let Some(mut r) = snat_rig("snat_retry_ports", 41000..=41999) else {
+        return;
+    };
+    // The client gives up (RST) and tries again from the same port: each attempt is a new flow,
+    // and it must not be sent to the server on the 4-tuple it just reset.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let p = r.syn(42500);
+        seen.push(p.sport);
+        let (action, _) = r.run(&Tcp::new((CLIENT, 42500), (VIP, 5433), RST).frame());
+        assert_eq!(action, XDP_TX, "the client's RST goes to the server");
+    }
+    let mut distinct = seen.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "SNAT ports of the attempts: {seen:?}"
+    );
+}
+
+#[test]
+fn ports_of_finished_connections_are_reused_after_half_a_second_of_quiet() {
+    let Some(mut r) = snat_rig("snat_reuse", 41000..=41003) else {
+        return;
+    };
+    let mut closed: Vec<u16> = (0..3).map(|i| r.open_and_close(43000 + i)).collect();
+    closed.sort_unstable();
+    // The fourth port: half closed (the client's FIN only) — the server may still send.
+    let half = r.syn(43003).sport;
+    assert_eq!(r.backend_sends(half, SYN | ACK), XDP_TX);
+    let fin = Tcp::new((CLIENT, 43003), (VIP, 5433), FIN | ACK).frame();
+    assert_eq!(r.run(&fin).0, XDP_TX);
+    // Right after the close: not yet reusable, and not refused either — dropped, so that the
+    // client's retransmission a second later finds the port.
+    let syn = Tcp::new((CLIENT, 43100), (VIP, 5433), SYN).frame();
+    assert_eq!(r.run(&syn).0, XDP_DROP);
+    assert_eq!(r.reason(Reason::DropSnatExhausted), 1);
+    assert_eq!(r.reason(Reason::RstSnatExhausted), 0);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let mut reused = Vec::new();
+    for sport in [43100, 43101, 43102] {
+        let p = r.syn(sport);
+        assert!(
+            closed.contains(&p.sport),
+            "{} is not a closed connection's port",
+            p.sport
+        );
+        reused.push(p.sport);
+        assert_eq!(r.backend_sends(p.sport, SYN | ACK), XDP_TX);
+    }
+    reused.sort_unstable();
+    assert_eq!(reused, closed, "each finished connection's port taken once");
+    // The server's answers now reach the new clients, and the old flows are gone.
+    assert_eq!(r.dp.flow_count(), 4);
+    // The half-closed connection keeps its port: the range is full of live connections now.
+    let (action, out) = r.run(&Tcp::new((CLIENT, 43103), (VIP, 5433), SYN).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(parse_verified(&out).expect("RST").flags, RST | ACK);
+    assert_eq!(r.reason(Reason::RstSnatExhausted), 1);
 }

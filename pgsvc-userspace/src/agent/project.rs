@@ -117,6 +117,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                     .into_iter()
                     .map(|(r, n)| (r.name().to_owned(), n))
                     .collect(),
+                snat_ports: self.settings.snat_ports.clone().count() as u64,
             },
             process,
             dcs: self.dcs_status(now),
@@ -140,6 +141,12 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         let conns: HashMap<String, u64> = self
             .dp
             .backend_conns(&svc.name)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let snat: HashMap<String, u64> = self
+            .dp
+            .snat_ports_in_use(&svc.name)
             .unwrap_or_default()
             .into_iter()
             .collect();
@@ -213,6 +220,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                         wall,
                     ),
                     fenced: self.is_fenced(svc, srv),
+                    snat_ports_in_use: snat.get(&srv.name).copied().unwrap_or(0),
                 }
             })
             .collect();

@@ -86,6 +86,9 @@ pub trait Datapath {
     }
     /// Writes what `ip: "*"` services accept; returns whether anything changed.
     fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, Self::Error>;
+    /// SNAT ports held per server of a service, by server name (connections open or just
+    /// finished; refreshed by [`Datapath::gc`]).
+    fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, Self::Error>;
 }
 
 /// Flow timeouts used by [`Datapath::gc`].

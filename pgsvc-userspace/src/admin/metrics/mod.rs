@@ -185,6 +185,12 @@ const PGSVC_SERVER: &[(&str, Kind, &str, ServerField)] = &[
         "Health checks run.",
         |v| v.checks_total.into(),
     ),
+    (
+        "pgsvc_server_snat_ports_in_use",
+        Kind::Gauge,
+        "SNAT ports held by connections to this server (open, or finished and not yet reused), as of the last flow GC.",
+        |v| v.snat_ports_in_use.into(),
+    ),
 ];
 
 pub(super) fn proxy(s: &ServiceStatus) -> Labels<'_> {
@@ -301,6 +307,12 @@ fn pgsvc(e: &mut Exposition, s: &Status) {
         Kind::Gauge,
         "Capacity of the flow table.",
         s.datapath.max_flows.into(),
+    );
+    e.single(
+        "pgsvc_snat_ports",
+        Kind::Gauge,
+        "Size of the SNAT port range: connections each server address and port can take at once.",
+        s.datapath.snat_ports.into(),
     );
     e.family(
         "pgsvc_flow_table_entries",

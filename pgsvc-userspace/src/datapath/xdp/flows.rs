@@ -9,7 +9,9 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData};
-use pgsvc_common::{Flow, FlowKey, NatKey, NatRev, TrafficStats, maps as map_names};
+use pgsvc_common::{
+    Flow, FlowKey, NatKey, NatRev, TCP_F_FIN, TCP_F_RST, TrafficStats, maps as map_names,
+};
 
 use super::{DatapathError, XdpDatapath, error::map_err, loader::monotonic_coarse_ns};
 use crate::datapath::{
@@ -172,7 +174,7 @@ impl XdpDatapath {
                 if !stale && idle <= limit {
                     continue;
                 }
-                let _ = self.maps.nat_rev.remove(&nat_key);
+                self.remove_nat_of(&nat_key, key);
                 let map = if pending {
                     &mut self.maps.flows_pending
                 } else {
@@ -211,20 +213,30 @@ impl XdpDatapath {
     }
 
     /// Reverse entries whose flow is gone: a pending flow the LRU evicted (a SYN flood), or a race
-    /// with the datapath's own removal. Kept `grace_ns` after their last packet.
+    /// with the datapath's own removal. Kept `grace_ns` after their last packet, like a
+    /// destination's SNAT allocation cursor (port 0) after its last allocation, which counts
+    /// neither as an orphan nor as a port. Recounts the SNAT ports held per backend from what
+    /// remains (local members' entries hold no SNAT port).
     fn collect_orphans(&mut self, now: u64, grace_ns: u64) -> usize {
         let revs: Vec<(NatKey, NatRev)> = self.maps.nat_rev.iter().filter_map(Result::ok).collect();
         let mut n = 0;
+        let mut held = Vec::with_capacity(revs.len());
         for (k, r) in revs {
+            let cursor = Self::is_snat_cursor(&k);
             let fk = keys::flow_key_of(&r);
             if now.saturating_sub(r.last_seen_ns.max(self.started_ns)) > grace_ns
                 && self.maps.flows.get(&fk, 0).is_err()
                 && self.maps.flows_pending.get(&fk, 0).is_err()
                 && self.maps.nat_rev.remove(&k).is_ok()
             {
-                n += 1;
+                // An ended connection's entry (kept for its SNAT port's quiet time) was not
+                // evicted; neither was a cursor.
+                n += usize::from(!cursor && r.backend_flags & (TCP_F_FIN | TCP_F_RST) == 0);
+            } else if !cursor && !keys::is_local_rev(&k, &r) {
+                held.push(r);
             }
         }
+        self.count_snat_ports(held.iter());
         n
     }
 

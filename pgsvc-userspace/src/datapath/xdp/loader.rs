@@ -141,6 +141,7 @@ impl XdpDatapath {
             started_ns: monotonic_coarse_ns(),
             local_addrs: std::collections::HashSet::new(),
             orphans_reclaimed: 0,
+            snat_in_use: StdHashMap::new(),
         };
         dp.scan_slots()?;
         dp.write_config()?;

@@ -19,6 +19,7 @@ mod loader;
 mod scope;
 mod services;
 mod slots;
+mod snat;
 mod stats;
 mod tc;
 #[cfg(feature = "test-hooks")]
@@ -149,6 +150,8 @@ pub struct XdpDatapath {
     local_addrs: HashSet<Ipv4Addr>,
     /// Reverse entries of evicted pending flows reclaimed by the GC (cumulative).
     orphans_reclaimed: u64,
+    /// SNAT ports held per backend slot, counted at the last GC pass.
+    snat_in_use: StdHashMap<u32, u64>,
 }
 
 impl XdpDatapath {
@@ -236,5 +239,9 @@ impl Datapath for XdpDatapath {
     fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, DatapathError> {
         let changed = self.write_local_scope(scope)?;
         Ok(self.set_local_addrs(&scope.addrs)? > 0 || changed)
+    }
+
+    fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, DatapathError> {
+        self.snat_ports_by_backend(service)
     }
 }
