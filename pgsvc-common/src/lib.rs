@@ -12,7 +12,7 @@
 use core::mem::size_of;
 
 /// Bumped on any change of a pinned map's key or value layout.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Number of service ids (`SVC_STATE`, per-service stats).
 pub const MAX_SERVICES: u32 = 256;
@@ -25,10 +25,11 @@ pub const GENERATIONS: u32 = 2;
 pub const RING_SIZE: usize = 1021;
 /// Servers considered by `leastconn` (the active set of one service).
 pub const MAX_ACTIVE: usize = 32;
-/// Default size of `FLOWS` and `NAT_REV` (the agent can size them at load time).
+/// Default size of `FLOWS`, the table of established connections (the agent can size it at load
+/// time with `--max-flows`; `FLOWS_PENDING` and `NAT_REV` are sized from it).
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
-/// SNAT port candidates tried before a new flow is dropped as `SnatExhausted`.
-pub const SNAT_TRIES: u32 = 8;
+/// SNAT ports probed per SYN for a free one; see `pgsvc_ebpf::snat` for the rules.
+pub const SNAT_TRIES: u32 = 32;
 /// Size of `LOCAL_ADDRS`: local IPv4 addresses of the node that `ip: "*"` services accept.
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 
@@ -53,8 +54,9 @@ pub mod maps {
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const SOCK_FLOWS: &str = "SOCK_FLOWS";
     pub const SOCK_SCOPE: &str = "SOCK_SCOPE";
+    pub const FLOWS_PENDING: &str = "FLOWS_PENDING";
     /// Every map the program declares (all pinned by name).
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         CONFIG,
         SERVICES,
         SVC_STATE,
@@ -74,6 +76,7 @@ pub mod maps {
         LOCAL_ADDRS,
         SOCK_FLOWS,
         SOCK_SCOPE,
+        FLOWS_PENDING,
     ];
 }
 
@@ -323,7 +326,26 @@ impl FlowKey {
     }
 }
 
-/// `FLOWS` value: the forward half of a translated connection.
+/// Size of `FLOWS_PENDING`, the LRU table of flows that do not count as sessions (half-open: the
+/// client's SYN was forwarded but the handshake is not complete; closing: after the first FIN or
+/// RST): an eighth of `max_flows`, at least 256. A SYN flood can only evict other pending flows.
+pub const fn pending_capacity(max_flows: u32) -> u32 {
+    let n = max_flows / 8;
+    if n < 256 { 256 } else { n }
+}
+
+/// Size of `NAT_REV` (never evicting): one reverse entry per established and per pending flow, plus
+/// as many again for the entries of pending flows the LRU evicted until the agent's GC reclaims them.
+pub const fn nat_rev_capacity(max_flows: u32) -> u32 {
+    max_flows.saturating_add(pending_capacity(max_flows).saturating_mul(2))
+}
+
+/// `FLOWS` / `FLOWS_PENDING` value: the forward half of a translated connection.
+///
+/// A flow lives in one of two tables. `FLOWS_PENDING` (LRU) holds a flow from the client's SYN until
+/// the client completes the handshake (half-open, `closing == 0`), and again from its first FIN or
+/// RST (closing, `closing == 1`); these never count as sessions. `FLOWS` (never evicting) holds the
+/// established flows, exactly the ones the session counters count.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -527,7 +549,8 @@ pub enum Reason {
     DropBackendMaxconn = 14,
     /// SYN while the service has no usable backend: dropped.
     DropNoBackend = 15,
-    /// SYN with no free SNAT port: dropped.
+    /// SYN with no free SNAT port, but one about to be (its connection just ended): dropped, the
+    /// client's retransmission finds it.
     DropSnatExhausted = 16,
     /// Flow table insert failed: dropped.
     DropFlowInsert = 17,
@@ -556,6 +579,12 @@ pub enum Reason {
     /// Local member → client reply translated back by the TC egress program (source → the
     /// address and port the client dialled).
     ReverseLocal = 26,
+    /// The client completed a handshake but the table of established flows (`FLOWS`, `--max-flows`)
+    /// is full: RST to the client (a live connection is never evicted to make room).
+    RstFlowTableFull = 27,
+    /// SYN refused with a RST: every SNAT port toward the chosen server carries a live connection
+    /// (no port will be free before the client would retransmit).
+    RstSnatExhausted = 28,
 }
 
 /// What the XDP program does with a packet, by [`Reason::action`].
@@ -574,7 +603,7 @@ pub enum Action {
 const _: () = assert!(Reason::COUNT <= 32);
 
 impl Reason {
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 29;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassNotIpv4,
         Self::PassNotTcp,
@@ -603,6 +632,8 @@ impl Reason {
         Self::PassLocalNew,
         Self::PassLocalEstablished,
         Self::ReverseLocal,
+        Self::RstFlowTableFull,
+        Self::RstSnatExhausted,
     ];
 
     /// The reason with discriminant `v`.
@@ -646,7 +677,9 @@ impl Reason {
             | Self::Reverse
             | Self::RstNoFlow
             | Self::RstBackendDown
-            | Self::ReverseLocal => Action::Transmit,
+            | Self::ReverseLocal
+            | Self::RstFlowTableFull
+            | Self::RstSnatExhausted => Action::Transmit,
         }
     }
 
@@ -701,6 +734,8 @@ impl Reason {
             Self::PassLocalNew => "pass_local_new",
             Self::PassLocalEstablished => "pass_local_established",
             Self::ReverseLocal => "reverse_local",
+            Self::RstFlowTableFull => "rst_flow_table_full",
+            Self::RstSnatExhausted => "rst_snat_exhausted",
         }
     }
 }

@@ -1,67 +1,32 @@
 //! Connection tracking: the forward path (client → VIP) and the reverse path (backend → SNAT
-//! address). Flows are created on a client SYN, translated on every packet, marked closing on the
-//! first FIN or RST either way (counters drop then, exactly once), and removed by the agent's GC or
-//! when the datapath resets them.
+//! address). A client SYN creates a half-open flow in `FLOWS_PENDING`; the client's ACK of the
+//! backend's SYN-ACK promotes it to `FLOWS`, where it counts as a session (see pending.rs). The first
+//! FIN or RST either way drops the counters (exactly once) and moves the flow back to
+//! `FLOWS_PENDING` as closing; the agent's GC or the datapath's resets remove it.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use pgsvc_common::{
-    Action, BE_F_LOCAL, BE_F_UP, Backend, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev,
-    Reason, SNAT_TRIES, SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceRuntime, ServiceState,
-    TCP_F_ACK, TCP_F_FIN, TCP_F_RST, TCP_F_SYN, open_conns,
+    Action, BE_F_LOCAL, BE_F_UP, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason,
+    SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_SYN, open_conns,
 };
 use pgsvc_ebpf::hash;
 
 use crate::{
-    Verdict, atomic, local,
-    maps::{self, BACKENDS, FLOWS, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE, SVC_TABLE},
+    Verdict, atomic,
+    flow::{self, now, rev_key},
+    local,
+    maps::{
+        self, BACKENDS, FLOWS, FLOWS_PENDING, NAT_REV, SVC_RELEASED, SVC_RUNTIME, SVC_STATE,
+        SVC_TABLE,
+    },
     nat::{self, Tuple},
     parse::{Pkt, TH_ACK, TH_FIN, TH_RST, TH_SYN},
-    rst, scope, select, stats, verify, xmit,
+    pending, rst, scope, select, snat, stats, verify, xmit,
 };
 
-/// `last_seen` is refreshed at most this often (keeps established packets from dirtying the entry).
-const TOUCH_NS: u64 = 1_000_000_000;
-
-/// The agent-maintained clock (see `Config::now_ns`).
-#[inline(always)]
-fn now() -> u64 {
-    crate::maps::CONFIG.get(0).map_or(0, |c| c.now_ns)
-}
-
-#[inline(always)]
-fn tcp_bits(flags: u8) -> u8 {
-    let mut b = 0;
-    if flags & TH_SYN != 0 {
-        b |= TCP_F_SYN;
-    }
-    if flags & TH_ACK != 0 {
-        b |= TCP_F_ACK;
-    }
-    if flags & TH_FIN != 0 {
-        b |= TCP_F_FIN;
-    }
-    if flags & TH_RST != 0 {
-        b |= TCP_F_RST;
-    }
-    b
-}
-
-/// Records activity on one direction of a flow, writing only what changed (an established flow's
-/// packets then leave the entry's cache line clean most of the time).
-#[inline(always)]
-fn touch(last_seen_ns: &mut u64, seen_flags: &mut u8, tcp_flags: u8) {
-    let t = now();
-    if t.wrapping_sub(*last_seen_ns) > TOUCH_NS {
-        *last_seen_ns = t;
-    }
-    let bits = tcp_bits(tcp_flags);
-    if *seen_flags & bits != bits {
-        *seen_flags |= bits;
-    }
-}
-
-/// Client → service packet, on a port where some service listens. The flow table is consulted
-/// first: an established flow already knows its service, so the common case costs one hash lookup.
+/// Client → service packet, on a port where some service listens. The table of established flows
+/// is consulted first: an established flow already knows its service, so the common case costs one
+/// hash lookup.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
@@ -76,10 +41,18 @@ pub fn forward(
         let flow = unsafe { &mut *flow };
         if !(syn && flow.closing != 0) {
             let svc = SVC_STATE.get(flow.svc_id).ok_or(Reason::PassNotService)?;
-            return established(ctx, pkt, svc, &key, flow);
+            return established(ctx, pkt, cfg, svc, &key, flow);
         }
         // A new connection reusing the 4-tuple of a finished one: forget the old translation.
-        remove_flow(&key, flow, cfg);
+        remove_flow(&key, flow);
+    } else if let Some(flow) = FLOWS_PENDING.get_ptr_mut(key) {
+        // SAFETY: as above.
+        let flow = unsafe { &mut *flow };
+        if !(syn && flow.closing != 0) {
+            let svc = SVC_STATE.get(flow.svc_id).ok_or(Reason::PassNotService)?;
+            return pending::forward(ctx, pkt, cfg, svc, &key, flow);
+        }
+        pending::remove(&key, flow);
     }
     let found =
         maps::lookup_service(pkt.daddr, pkt.dport, port_flags).ok_or(Reason::PassNotService)?;
@@ -94,20 +67,28 @@ pub fn forward(
     // From here on we create state or answer: only for frames whose checksums hold (see verify.rs
     // for why established packets are not verified).
     verify::require_checksums(ctx, pkt)?;
-    if !syn {
-        let v = rst::reply(ctx, pkt, Reason::RstNoFlow)?;
-        if let Some(s) = stats::service(svc_id) {
-            s.rst_sent += 1;
+    // One place answers with a RST (each inlined copy of `rst::reply` costs stack): a non-SYN
+    // without a flow, or a SYN that found every SNAT port live (snat.rs).
+    let reason = if syn {
+        match new_flow(ctx, pkt, cfg, svc_id, svc, &key) {
+            Err(Reason::RstSnatExhausted) => Reason::RstSnatExhausted,
+            other => return other,
         }
-        return Ok(v);
+    } else {
+        Reason::RstNoFlow
+    };
+    let v = rst::reply(ctx, pkt, reason)?;
+    if let Some(s) = stats::service(svc_id) {
+        s.rst_sent += 1;
     }
-    new_flow(ctx, pkt, cfg, svc_id, svc, &key)
+    Ok(v)
 }
 
 #[inline(always)]
 fn established(
     ctx: &XdpContext,
     pkt: &Pkt,
+    cfg: &Config,
     svc: &ServiceState,
     key: &FlowKey,
     flow: &mut Flow,
@@ -118,46 +99,26 @@ fn established(
     let gone = be.epoch != flow.backend_epoch;
     let down = svc.flags & SVC_F_SHUTDOWN_SESSIONS != 0 && be.flags & BE_F_UP == 0;
     if gone || down {
-        close_flow(flow);
-        let _ = NAT_REV.remove(rev_key(key, flow));
-        let _ = FLOWS.remove(key);
+        // A removed entry's memory may be reused at once by another CPU: work on a copy.
+        let f = *flow;
+        remove_flow(key, flow);
         // Counted only once the RST is built (an incoming RST is not answered).
         let v = rst::reply(ctx, pkt, Reason::RstBackendDown)?;
-        if let Some(s) = stats::backend(flow.backend_id) {
-            s.rst_sent += 1;
-        }
-        if let Some(s) = stats::service(flow.svc_id) {
-            s.rst_sent += 1;
-        }
+        flow::count_rst(&f);
         return Ok(v);
     }
-    touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
+    flow::touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {
-        close_flow(flow);
+        // Translated before the flow is removed or moved (no copy of it on the stack).
+        let v = flow::send_to_backend(ctx, pkt, cfg, be, flow, Reason::FwdEstablished);
+        if pkt.flags & TH_RST != 0 {
+            remove_flow(key, flow);
+        } else {
+            close_flow(key, flow);
+        }
+        return v;
     }
-    if flow.is_local() {
-        stats::count_in(flow.svc_id, flow.backend_id, pkt.payload_len);
-        return local::dnat_and_pass(
-            ctx,
-            pkt,
-            flow.backend_addr,
-            flow.backend_port,
-            Reason::PassLocalEstablished,
-        );
-    }
-    let cfg = crate::config()?;
-    let hop = match xmit::hop_to_backend(ctx, cfg, be, pkt) {
-        Ok(hop) => hop,
-        Err(reason) => return Ok(Verdict::of(reason)),
-    };
-    let to = Tuple {
-        saddr: cfg.snat_addr,
-        sport: flow.snat_port,
-        daddr: flow.backend_addr,
-        dport: flow.backend_port,
-    };
-    stats::count_in(flow.svc_id, flow.backend_id, pkt.payload_len);
-    nat::rewrite_and_send(ctx, pkt, &to, &hop, Reason::FwdEstablished)
+    flow::send_to_backend(ctx, pkt, cfg, be, flow, Reason::FwdEstablished)
 }
 
 #[inline(always)]
@@ -181,6 +142,13 @@ fn new_flow(
     result
 }
 
+/// A client SYN without a flow: picks a backend and an SNAT port and creates a half-open flow in
+/// `FLOWS_PENDING`. Nothing is counted until the client completes the handshake.
+///
+/// A flow to a member on this node (`BE_F_LOCAL`) gets no SNAT port and a reverse entry keyed by
+/// the member's reply (the TC egress program translates the reply and marks the member's SYN-ACK
+/// on it); its packets are translated in place and passed to the stack (see local.rs). It too
+/// counts as a session only once the client completes the handshake.
 #[inline(always)]
 fn admit(
     ctx: &XdpContext,
@@ -204,10 +172,13 @@ fn admit(
     let h = hash::flow4(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport);
     let backend_id = select::pick(svc.algorithm, set, rt, h)?;
     let be = BACKENDS.get(backend_id).ok_or(Reason::DropNoBackend)?;
-    if be.flags & BE_F_LOCAL != 0 {
-        return admit_local(ctx, pkt, svc_id, svc, key, rt, backend_id, be);
-    }
-    let hop = xmit::hop_to_backend(ctx, cfg, be, pkt)?;
+    let local = be.flags & BE_F_LOCAL != 0;
+    let hop = if local {
+        local::require_local_daddr(pkt)?;
+        None
+    } else {
+        Some(xmit::hop_to_backend(ctx, cfg, be, pkt)?)
+    };
     let (client_mac, lb_mac) = xmit::frame_macs(ctx)?;
     let t = now();
     let rev = NatRev {
@@ -224,7 +195,16 @@ fn admit(
         _pad: [0; 3],
         last_seen_ns: t,
     };
-    let snat_port = alloc_snat_port(cfg, be, &rev, h)?;
+    // A local flow holds no SNAT port: it stays out of the allocator.
+    let snat_port = if local {
+        0
+    } else {
+        match snat::alloc_port(cfg, be, &rev, t) {
+            snat::Alloc::Port(port) => port,
+            snat::Alloc::Retry => return Err(Reason::DropSnatExhausted),
+            snat::Alloc::Refuse => return Err(Reason::RstSnatExhausted),
+        }
+    };
     let flow = Flow {
         backend_id,
         backend_epoch: be.epoch,
@@ -237,176 +217,93 @@ fn admit(
         closing: 0,
         last_seen_ns: t,
     };
-    if FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)).is_err() {
-        // Another CPU created this flow from a retransmitted SYN first: follow its choice.
-        let _ = NAT_REV.remove(nat_key_of(&flow));
-        return match FLOWS.get_ptr_mut(key) {
-            // SAFETY: as in `forward`.
-            Some(f) => established(ctx, pkt, svc, key, unsafe { &mut *f }),
+    if FLOWS_PENDING
+        .insert(key, flow, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        // Another CPU created this flow from a retransmitted SYN first: follow its choice (a SYN
+        // of a pending flow is only forwarded; the reverse entry is the other CPU's).
+        if !local {
+            let _ = NAT_REV.remove(rev_key(key, &flow));
+        }
+        // SAFETY: the value is copied out before the next helper call.
+        return match unsafe { FLOWS_PENDING.get(key) } {
+            Some(f) => {
+                let f = *f;
+                flow::send_to_backend(ctx, pkt, cfg, be, &f, Reason::FwdNew)
+            }
             None => Err(Reason::DropFlowInsert),
         };
     }
-    count_new_flow(rt, svc_id, backend_id);
-
+    let Some(hop) = hop else {
+        // Keyed by the member's reply; a leftover entry of an earlier flow with the same 4-tuple
+        // is simply replaced (the forward insert above decided that this flow is the new one).
+        if NAT_REV.insert(rev_key(key, &flow), rev, 0).is_err() {
+            let _ = FLOWS_PENDING.remove(key);
+            return Err(Reason::DropFlowInsert);
+        }
+        stats::count_in(svc_id, backend_id, pkt.payload_len);
+        return local::dnat_and_pass(ctx, pkt, be.addr, be.port, Reason::PassLocalNew);
+    };
+    stats::count_in(svc_id, backend_id, pkt.payload_len);
     let to = Tuple {
         saddr: cfg.snat_addr,
         sport: snat_port,
         daddr: be.addr,
         dport: be.port,
     };
-    stats::count_in(svc_id, backend_id, pkt.payload_len);
     nat::rewrite_and_send(ctx, pkt, &to, &hop, Reason::FwdNew)
 }
 
-/// A new flow to a member on this node: recorded with no SNAT port and a reverse entry keyed by
-/// the member's reply, translated in place and passed to the stack (see local.rs).
+/// First FIN or RST of an established flow: the first caller drops its counters and moves it to
+/// the pending table, where it may be evicted under pressure.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined: one step of the entry, not a call"
-)]
-fn admit_local(
-    ctx: &XdpContext,
-    pkt: &Pkt,
-    svc_id: u32,
-    svc: &ServiceState,
-    key: &FlowKey,
-    rt: *mut ServiceRuntime,
-    backend_id: u32,
-    be: &Backend,
-) -> Result<Verdict, Reason> {
-    local::require_local_daddr(pkt)?;
-    let (client_mac, lb_mac) = xmit::frame_macs(ctx)?;
-    let t = now();
-    let flow = Flow {
-        backend_id,
-        backend_epoch: be.epoch,
-        svc_id,
-        backend_addr: be.addr,
-        backend_port: be.port,
-        snat_port: 0,
-        client_flags: TCP_F_SYN,
-        _pad0: [0; 3],
-        closing: 0,
-        last_seen_ns: t,
-    };
-    if FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)).is_err() {
-        // Another CPU created this flow from a retransmitted SYN first: follow its choice.
-        return match FLOWS.get_ptr_mut(key) {
-            // SAFETY: as in `forward`.
-            Some(f) => established(ctx, pkt, svc, key, unsafe { &mut *f }),
-            None => Err(Reason::DropFlowInsert),
-        };
-    }
-    let rev = NatRev {
-        client_addr: pkt.saddr,
-        vip: pkt.daddr,
-        client_port: pkt.sport,
-        vport: pkt.dport,
-        client_ifindex: ctx.ingress_ifindex() as u32,
-        client_mac,
-        lb_mac,
-        backend_id,
-        svc_id,
-        backend_flags: 0,
-        _pad: [0; 3],
-        last_seen_ns: t,
-    };
-    // Keyed by the member's reply; a leftover entry of an earlier flow with the same 4-tuple is
-    // simply replaced (the forward insert above decided that this flow is the new one).
-    if NAT_REV.insert(rev_key(key, &flow), rev, 0).is_err() {
-        let _ = FLOWS.remove(key);
-        return Err(Reason::DropFlowInsert);
-    }
-    count_new_flow(rt, svc_id, backend_id);
-    stats::count_in(svc_id, backend_id, pkt.payload_len);
-    local::dnat_and_pass(ctx, pkt, be.addr, be.port, Reason::PassLocalNew)
-}
-
-/// A flow was created: it counts as a connection of its service and backend.
-#[inline(always)]
-fn count_new_flow(rt: *mut ServiceRuntime, svc_id: u32, backend_id: u32) {
-    // SAFETY: array map value; `conns` is only modified atomically.
-    unsafe { atomic::add_i64(&raw mut (*rt).conns, 1) };
-    select::add_backend_conns(backend_id, 1);
-    if let Some(s) = stats::service(svc_id) {
-        s.new_flows += 1;
-    }
-    if let Some(s) = stats::backend(backend_id) {
-        s.new_flows += 1;
+fn close_flow(key: &FlowKey, flow: &mut Flow) {
+    if flow::release(flow) {
+        pending::demote(key, flow);
     }
 }
 
-/// Claims a free SNAT port toward this backend by inserting the reverse entry; tries a few hashed
-/// candidates before giving up.
+/// Removes an established flow and its reverse entry, dropping its counters if they still count
+/// it. After a RST nothing of the connection is left to translate: keeping it would only hold a
+/// reverse entry and an SNAT port.
 #[inline(always)]
-fn alloc_snat_port(cfg: &Config, be: &Backend, rev: &NatRev, h: u32) -> Result<u16, Reason> {
-    let min = u32::from(cfg.snat_port_min);
-    let max = u32::from(cfg.snat_port_max);
-    if max < min {
-        return Err(Reason::DropSnatExhausted);
-    }
-    let range = max - min + 1;
-    let mut i = 0;
-    while i < SNAT_TRIES {
-        let port = (min + (h.wrapping_add(i.wrapping_mul(0x9e37_79b1)) % range)) as u16;
-        let key = NatKey::of_packet(be.addr, cfg.snat_addr, be.port, port.to_be());
-        if NAT_REV.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
-            return Ok(port.to_be());
-        }
-        i += 1;
-    }
-    Err(Reason::DropSnatExhausted)
-}
-
-/// The reverse entry of the flow `key` → `flow`, full-NAT or local.
-#[inline(always)]
-pub fn rev_key(key: &FlowKey, flow: &Flow) -> NatKey {
-    let snat_addr = crate::maps::CONFIG.get(0).map(|c| c.snat_addr).unwrap_or(0);
-    NatKey::for_flow(key, flow, snat_addr)
-}
-
-#[inline(always)]
-fn nat_key_of(flow: &Flow) -> NatKey {
-    let snat_addr = crate::maps::CONFIG.get(0).map(|c| c.snat_addr).unwrap_or(0);
-    NatKey::of_flow(flow, snat_addr)
-}
-
-/// Marks a flow closing; the first caller drops the service's and the backend's counters.
-#[inline(always)]
-pub fn close_flow(flow: &mut Flow) {
-    // SAFETY: `closing` is only accessed atomically once the flow is in the map.
-    let was = unsafe { atomic::swap_u64(&raw mut flow.closing, 1) };
-    if was != 0 {
-        return;
-    }
-    if let Some(rt) = SVC_RUNTIME.get_ptr_mut(flow.svc_id) {
-        // SAFETY: atomic access to a shared array value.
-        unsafe { atomic::add_i64(&raw mut (*rt).conns, -1) };
-    }
-    // A reassigned slot's counter belongs to its new server already (the agent zeroed it).
-    if BACKENDS.get(flow.backend_id).map(|b| b.epoch) == Some(flow.backend_epoch) {
-        select::add_backend_conns(flow.backend_id, -1);
-    }
-    if let Some(s) = stats::service(flow.svc_id) {
-        s.closed_flows += 1;
-    }
-    if let Some(s) = stats::backend(flow.backend_id) {
-        s.closed_flows += 1;
-    }
-}
-
-#[inline(always)]
-fn remove_flow(key: &FlowKey, flow: &mut Flow, _cfg: &Config) {
-    close_flow(flow);
+fn remove_flow(key: &FlowKey, flow: &mut Flow) {
+    flow::release(flow);
     let _ = NAT_REV.remove(rev_key(key, flow));
     let _ = FLOWS.remove(key);
 }
 
-/// Records a packet of the backend's direction on its reverse entry.
+/// Records a packet of the backend's direction on its reverse entry (the XDP reverse path and the
+/// TC egress program for local members): its SYN-ACK there is what lets the client's ACK promote
+/// the flow.
 #[inline(always)]
 pub fn touch_rev(rev: &mut NatRev, tcp_flags: u8) {
-    touch(&mut rev.last_seen_ns, &mut rev.backend_flags, tcp_flags);
+    flow::touch(&mut rev.last_seen_ns, &mut rev.backend_flags, tcp_flags);
+}
+
+/// A FIN or RST from the backend of the flow `fk` (full-NAT or local): a RST removes the flow and
+/// its reverse entry at once, a FIN uncounts an established flow once and demotes it to
+/// `FLOWS_PENDING` as closing, or marks a pending flow closing.
+#[inline(always)]
+pub fn backend_ends(fk: &FlowKey, reset: bool) {
+    if let Some(f) = FLOWS.get_ptr_mut(fk) {
+        // SAFETY: as in `forward`.
+        let f = unsafe { &mut *f };
+        if reset {
+            remove_flow(fk, f);
+        } else {
+            close_flow(fk, f);
+        }
+    } else if let Some(f) = FLOWS_PENDING.get_ptr_mut(fk) {
+        // SAFETY: as in `forward`; a pending flow counts nothing, a plain store will do.
+        let f = unsafe { &mut *f };
+        if reset {
+            pending::remove(fk, f);
+        } else {
+            f.closing = 1;
+        }
+    }
 }
 
 /// Backend → SNAT address packet.
@@ -416,13 +313,18 @@ pub fn reverse(ctx: &XdpContext, pkt: &Pkt) -> Result<Verdict, Reason> {
     let rev = NAT_REV.get_ptr_mut(key).ok_or(Reason::PassNoNat)?;
     // SAFETY: hash map value, written by this flow's reverse packets only.
     let rev = unsafe { &mut *rev };
-    touch(&mut rev.last_seen_ns, &mut rev.backend_flags, pkt.flags);
-    if pkt.flags & (TH_FIN | TH_RST) != 0
-        && let Some(flow) = FLOWS.get_ptr_mut(rev.flow_key())
-    {
-        // SAFETY: as in `forward`.
-        close_flow(unsafe { &mut *flow });
+    touch_rev(rev, pkt.flags);
+    if pkt.flags & (TH_FIN | TH_RST) != 0 {
+        // The entries may be removed below: work on a copy.
+        let r = *rev;
+        backend_ends(&r.flow_key(), pkt.flags & TH_RST != 0);
+        return to_client(ctx, pkt, &r);
     }
+    to_client(ctx, pkt, rev)
+}
+
+#[inline(always)]
+fn to_client(ctx: &XdpContext, pkt: &Pkt, rev: &NatRev) -> Result<Verdict, Reason> {
     let to = Tuple {
         saddr: rev.vip,
         sport: rev.vport,

@@ -165,3 +165,160 @@ mod tests {
         }
     }
 }
+
+/// SNAT port choice, the rules the XDP program's `snat.rs` applies (pure, so tested here).
+///
+/// Ports toward one backend are handed out in order from a cursor (the port after the last one
+/// given), so the ports tried first are those released longest ago. A SYN probes [`SEQ_PROBES`]
+/// ports from the cursor, then [`PROBES`] − [`SEQ_PROBES`] at random offsets drawn from a seed of its
+/// own (so a retransmitted SYN tries other ports than the one before it, and a run of long-lived
+/// connections at the cursor does not hide the free ports elsewhere). A free port wins at once.
+/// Failing that, among the first [`REUSE_PROBES`] ports from the cursor, one whose connection is
+/// over and has been silent for [`REUSE_QUIET_NS`] is taken over.
+pub mod snat {
+    use core::num::NonZeroU32;
+
+    use pgsvc_common::{SNAT_TRIES, TCP_F_FIN, TCP_F_RST};
+
+    /// Ports probed per SYN for a free one.
+    pub const PROBES: u32 = SNAT_TRIES;
+    /// Of those, how many follow the cursor (the rest are random).
+    pub const SEQ_PROBES: u32 = PROBES / 2;
+    /// How many ports from the cursor are examined for a finished connection to take over when
+    /// none is free (each costs a flow lookup and many more verifier states than a free-port probe).
+    pub const REUSE_PROBES: u32 = 4;
+    /// A finished connection's port is reused only after this long without a packet either way:
+    /// far more than a LAN round trip, so the last ACK of the close has reached the backend and a
+    /// lost one has been retransmitted (a retransmitted FIN restarts the wait), and less than a
+    /// client's first SYN retransmission (1 s), which therefore finds the port free.
+    pub const REUSE_QUIET_NS: u64 = 500_000_000;
+    /// A reverse entry without its forward flow (an evicted flow, or one being created right now)
+    /// is reused after this much silence: longer than the agent clock's lag behind the kernel's
+    /// (entries are stamped with the agent's clock, up to a second late).
+    pub const ORPHAN_QUIET_NS: u64 = 5_000_000_000;
+
+    /// The `i`-th candidate, as an offset into a range of `range` ports (≥ 1), for a SYN that found
+    /// the cursor at `cursor` and drew `seed`.
+    #[inline(always)]
+    pub fn candidate(cursor: u32, seed: u32, i: u32, range: NonZeroU32) -> u32 {
+        // `u32 % NonZeroU32` cannot panic (the XDP program has no panic path to take).
+        if i < SEQ_PROBES {
+            (cursor % range + i) % range
+        } else {
+            (super::hash::mix64(u64::from(seed), u64::from(i)) as u32) % range
+        }
+    }
+
+    /// What holds a probed port.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Holder {
+        /// A connection that is not over: never taken.
+        Live,
+        /// Over, but not silent long enough yet: free within [`REUSE_QUIET_NS`].
+        Cooling,
+        /// Over and silent: may be taken over.
+        Reusable,
+    }
+
+    /// The connection holding a port, from its forward flow (`None` when the flow is gone; else its
+    /// `closing` mark and the `TCP_F_*` the client sent), the `TCP_F_*` the backend sent, and the
+    /// time since the last packet either way.
+    ///
+    /// Over means reset (RST either way: no TIME_WAIT anywhere) or closed both ways (FIN each way).
+    #[inline(always)]
+    pub fn holder(flow: Option<(bool, u8)>, backend_flags: u8, quiet_ns: u64) -> Holder {
+        let (over, wait) = match flow {
+            Some((closing, client)) => {
+                let reset = (client | backend_flags) & TCP_F_RST != 0;
+                let fins = client & backend_flags & TCP_F_FIN != 0;
+                (closing && (reset || fins), REUSE_QUIET_NS)
+            }
+            None if backend_flags & (TCP_F_FIN | TCP_F_RST) != 0 => (true, REUSE_QUIET_NS),
+            None => (true, ORPHAN_QUIET_NS),
+        };
+        if !over {
+            Holder::Live
+        } else if quiet_ns >= wait {
+            Holder::Reusable
+        } else {
+            Holder::Cooling
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use pgsvc_common::{TCP_F_ACK, TCP_F_SYN};
+
+        #[test]
+        fn ports_follow_the_cursor_then_spread_at_random() {
+            let nz = |n| NonZeroU32::new(n).expect("non-zero");
+            let range = nz(20_000);
+            let probes = |seed| {
+                (0..PROBES)
+                    .map(|i| candidate(19_990, seed, i, range))
+                    .collect::<Vec<_>>()
+            };
+            let a = probes(1);
+            assert!(a.iter().all(|&c| c < range.get()));
+            // In order from the cursor, wrapping at the end of the range.
+            let seq: Vec<u32> = (0..SEQ_PROBES).map(|i| (19_990 + i) % range).collect();
+            assert_eq!(a[..SEQ_PROBES as usize], seq[..]);
+            // The rest: not a run of neighbours, mostly distinct.
+            let rest = &a[SEQ_PROBES as usize..];
+            let mut d = rest.to_vec();
+            d.sort_unstable();
+            d.dedup();
+            assert!(d.len() + 2 >= rest.len(), "{} distinct", d.len());
+            assert!(rest.windows(2).all(|w| w[0].abs_diff(w[1]) > 1), "{rest:?}");
+            // Another seed (a retransmitted SYN) probes other ports.
+            let b = probes(2);
+            let common = rest
+                .iter()
+                .filter(|c| b[SEQ_PROBES as usize..].contains(c))
+                .count();
+            assert!(common <= 1, "{common} random ports in common");
+            // A cursor beyond a small range wraps into it.
+            assert_eq!(candidate(250, 7, 0, nz(100)), 50);
+            assert_eq!(candidate(99, 7, 1, nz(100)), 0);
+            assert_eq!(candidate(u32::MAX, 7, 3, nz(1)), 0);
+        }
+
+        #[test]
+        fn only_finished_and_silent_connections_give_up_their_port() {
+            let q = REUSE_QUIET_NS;
+            let est = TCP_F_SYN | TCP_F_ACK;
+            // Live: open, idle for a day; half closed (one FIN); closing mark without a full close.
+            assert_eq!(holder(Some((false, est)), est, u64::MAX), Holder::Live);
+            assert_eq!(
+                holder(Some((true, est | TCP_F_FIN)), est, u64::MAX),
+                Holder::Live
+            );
+            assert_eq!(
+                holder(Some((true, est)), est | TCP_F_FIN, u64::MAX),
+                Holder::Live
+            );
+            // Flags of a finished connection without its closing mark: still counted, not taken.
+            assert_eq!(
+                holder(Some((false, est | TCP_F_FIN)), est | TCP_F_FIN, u64::MAX),
+                Holder::Live
+            );
+            // Closed both ways, or reset either way: reusable once silent.
+            for (client, backend) in [
+                (est | TCP_F_FIN, est | TCP_F_FIN),
+                (est | TCP_F_RST, est),
+                (est, est | TCP_F_RST),
+            ] {
+                assert_eq!(
+                    holder(Some((true, client)), backend, q - 1),
+                    Holder::Cooling
+                );
+                assert_eq!(holder(Some((true, client)), backend, q), Holder::Reusable);
+            }
+            // No forward flow: soon after the backend's FIN/RST, else after the longer wait.
+            assert_eq!(holder(None, est | TCP_F_FIN, q), Holder::Reusable);
+            assert_eq!(holder(None, est, q), Holder::Cooling);
+            assert_eq!(holder(None, est, ORPHAN_QUIET_NS), Holder::Reusable);
+        }
+    }
+}

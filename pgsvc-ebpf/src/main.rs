@@ -12,13 +12,16 @@
 
 mod atomic;
 mod conntrack;
+mod flow;
 mod local;
 mod maps;
 mod nat;
 mod parse;
+mod pending;
 mod rst;
 mod scope;
 mod select;
+mod snat;
 mod sock;
 mod stats;
 mod tc;

@@ -9,7 +9,7 @@ use pgsvc_common::{
     Backend, BackendSet, Config, DEFAULT_MAX_FLOWS, Flow, FlowKey, GENERATIONS, LocalScope,
     MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_SOCK_FLOWS, NatKey, NatRev, PORT_F_EXACT,
     PORT_F_WILDCARD, Reason, ServiceKey, ServiceRuntime, ServiceState, SockFlow, SockScope,
-    TrafficStats,
+    TrafficStats, nat_rev_capacity, pending_capacity,
 };
 
 /// Global settings (one entry).
@@ -50,13 +50,21 @@ pub static BACKEND_RELEASED: Array<i64> = Array::pinned(MAX_BACKENDS, 0);
 #[map]
 pub static SVC_RELEASED: Array<i64> = Array::pinned(MAX_SERVICES, 0);
 
-/// Forward conntrack: client 4-tuple → translation.
+/// Forward conntrack of established connections: client 4-tuple → translation. Never evicts: when
+/// it is full, a completing handshake is refused rather than a live connection sacrificed.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::pinned(DEFAULT_MAX_FLOWS, 0);
 
-/// Reverse NAT: backend's view of a flow → client's view.
+/// Forward conntrack of flows that do not count as sessions: half-open (SYN seen, handshake not
+/// complete) and closing (after the first FIN or RST). LRU: a SYN flood evicts only these.
 #[map]
-pub static NAT_REV: LruHashMap<NatKey, NatRev> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+pub static FLOWS_PENDING: LruHashMap<FlowKey, Flow> =
+    LruHashMap::pinned(pending_capacity(DEFAULT_MAX_FLOWS), 0);
+
+/// Reverse NAT: backend's view of a flow → client's view. Never evicts (see `nat_rev_capacity`).
+#[map]
+pub static NAT_REV: HashMap<NatKey, NatRev> =
+    HashMap::pinned(nat_rev_capacity(DEFAULT_MAX_FLOWS), 0);
 
 /// Per-CPU traffic counters per service.
 #[map]

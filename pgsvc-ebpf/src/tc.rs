@@ -13,7 +13,7 @@ use pgsvc_common::{IPPROTO_TCP, NatKey, Reason};
 
 use crate::{
     conntrack,
-    maps::{FLOWS, NAT_REV},
+    maps::NAT_REV,
     parse::{TH_FIN, TH_RST},
     stats,
 };
@@ -108,14 +108,12 @@ fn reverse_local(ctx: &TcContext) -> Result<Reason, ()> {
         return Err(());
     }
     conntrack::touch_rev(rev, p.flags);
-    if p.flags & (TH_FIN | TH_RST) != 0
-        && let Some(flow) = FLOWS.get_ptr_mut(rev.flow_key())
-    {
-        // SAFETY: as in conntrack::forward.
-        conntrack::close_flow(unsafe { &mut *flow });
-    }
+    // The entry may be removed below: keep what the rewrite needs.
     let (vip, vport) = (rev.vip, rev.vport);
     let (svc_id, backend_id) = (rev.svc_id, rev.backend_id);
+    if p.flags & (TH_FIN | TH_RST) != 0 {
+        conntrack::backend_ends(&rev.flow_key(), p.flags & TH_RST != 0);
+    }
     let tcp_check = p.l4 + TCP_CHECK;
     let ok = ctx
         .l4_csum_replace(

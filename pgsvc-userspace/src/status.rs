@@ -181,8 +181,25 @@ pub struct DatapathStatus {
     /// Entries in the flow table, and its size.
     pub flows: u64,
     pub max_flows: u64,
+    /// Occupancy per flow table (`established`, `pending`, `nat_rev`).
+    #[serde(default)]
+    pub tables: Vec<FlowTableStatus>,
+    /// Pending flows found evicted by the GC since the agent started.
+    #[serde(default)]
+    pub flows_evicted: u64,
     /// Packets by `Reason` label (`fwd_established`, `rst_no_flow`, ...), summed over CPUs.
     pub packets: BTreeMap<String, u64>,
+    /// Size of the SNAT port range: the ports each server can be reached from.
+    #[serde(default)]
+    pub snat_ports: u64,
+}
+
+/// Entries and capacity of one flow table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowTableStatus {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 /// One service (HAProxy `listen` section): the `proxy` label of the metrics.
@@ -267,6 +284,11 @@ pub struct ServerStatus {
     /// Out of a write service because another member holds the leader key.
     #[serde(default)]
     pub fenced: bool,
+    /// SNAT ports this server's connections hold (open, or finished and not yet reused or
+    /// collected), as of the last flow GC; the range ([`DatapathStatus::snat_ports`]) is shared by
+    /// the services that send to the same address and port.
+    #[serde(default)]
+    pub snat_ports_in_use: u64,
 }
 
 /// The most recent health check of a server.

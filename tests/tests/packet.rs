@@ -47,6 +47,16 @@ fn backend(name: &str, addr: Ipv4Addr, up: bool) -> BackendSpec {
 }
 
 fn rig(test: &str, algorithm: Algorithm, maxconn: u32, backends: &[BackendSpec]) -> Option<Rig> {
+    rig_sized(test, algorithm, maxconn, backends, 4096)
+}
+
+fn rig_sized(
+    test: &str,
+    algorithm: Algorithm,
+    maxconn: u32,
+    backends: &[BackendSpec],
+    max_flows: u32,
+) -> Option<Rig> {
     if !require_root(test) {
         return None;
     }
@@ -54,7 +64,7 @@ fn rig(test: &str, algorithm: Algorithm, maxconn: u32, backends: &[BackendSpec])
     let mut opts = LoadOptions::new(pins.path(), LB);
     opts.snat_ports = SNAT_PORTS;
     opts.fib_fallback = false;
-    opts.max_flows = 4096;
+    opts.max_flows = max_flows;
     let mut dp = XdpDatapath::load(opts).expect("load + verifier");
     for b in backends {
         // ifindex 0: out of the interface the frame came in on (XDP_TX).
@@ -98,6 +108,43 @@ impl Rig {
         let (action, out) = self.run(&Tcp::new((CLIENT, sport), (VIP, 5433), SYN).frame());
         assert_eq!(action, XDP_TX, "SYN must be transmitted");
         parse_verified(&out).expect("translated SYN checksums")
+    }
+
+    /// The backend's SYN-ACK to a translated SYN, run through the reverse path.
+    fn synack(&mut self, to: &pgsvc_tests::packet::Parsed) -> u32 {
+        let mut synack = Tcp::new((to.dst, to.dport), (LB, to.sport), SYN | ACK);
+        synack.src_mac = BACKEND_MAC;
+        self.run(&synack.frame()).0
+    }
+
+    /// A complete handshake (client SYN, backend SYN-ACK, client ACK); returns the translated SYN.
+    fn open(&mut self, sport: u16) -> pgsvc_tests::packet::Parsed {
+        let p = self.syn(sport);
+        assert_eq!(self.synack(&p), XDP_TX, "SYN-ACK must be translated back");
+        let (action, out) = self.run(&Tcp::new((CLIENT, sport), (VIP, 5433), ACK).frame());
+        assert_eq!(action, XDP_TX, "handshake ACK must be forwarded");
+        assert_eq!(parse_verified(&out).expect("valid frame").dst, p.dst);
+        p
+    }
+
+    fn conns(&self) -> (u64, u64) {
+        let svc = self.dp.service_conns(SVC).expect("datapath call");
+        let be = self
+            .dp
+            .backend_conns(SVC)
+            .expect("datapath call")
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        (svc, be)
+    }
+
+    fn table(&self, name: &str) -> u64 {
+        self.dp
+            .flow_tables()
+            .into_iter()
+            .find(|t| t.0 == name)
+            .map_or(0, |t| t.1)
     }
 }
 
@@ -143,7 +190,8 @@ fn syn_is_translated_to_the_backend_with_snat_and_valid_checksums() {
     assert_eq!(r.dp.flow_count(), 1);
     assert_eq!(
         r.dp.backend_conns(SVC).expect("datapath call"),
-        vec![("pg-test-1".into(), 1)]
+        vec![("pg-test-1".into(), 0)],
+        "a half-open flow is no session"
     );
 }
 
@@ -376,8 +424,8 @@ fn syns_over_maxconn_or_without_backends_are_dropped() {
     ) else {
         return;
     };
-    r.syn(33030);
-    r.syn(33031);
+    r.open(33030);
+    r.open(33031);
     let (action, _) = r.run(&Tcp::new((CLIENT, 33032), (VIP, 5433), SYN).frame());
     assert_eq!(action, XDP_DROP);
     assert_eq!(r.reason(Reason::DropServiceMaxconn), 1);
@@ -391,7 +439,7 @@ fn syns_over_maxconn_or_without_backends_are_dropped() {
     let Some(mut r) = rig("maxconn_server", Algorithm::LeastConn, 0, &[b]) else {
         return;
     };
-    r.syn(33040);
+    r.open(33040);
     assert_eq!(
         r.run(&Tcp::new((CLIENT, 33041), (VIP, 5433), SYN).frame())
             .0,
@@ -447,18 +495,12 @@ fn gc_removes_closed_and_unanswered_flows_and_keeps_live_ones() {
     ) else {
         return;
     };
-    // A: answered and alive.
-    let a = r.syn(35000);
-    let mut synack = Tcp::new((B1, 6432), (LB, a.sport), SYN | ACK);
-    synack.src_mac = BACKEND_MAC;
-    assert_eq!(r.run(&synack.frame()).0, XDP_TX);
-    // B: the backend never answered.
+    // A: established and alive.
+    r.open(35000);
+    // B: the backend never answered (half-open).
     r.syn(35001);
-    // C: answered, then closed by the client.
-    let c = r.syn(35002);
-    let mut synack = Tcp::new((B1, 6432), (LB, c.sport), SYN | ACK);
-    synack.src_mac = BACKEND_MAC;
-    assert_eq!(r.run(&synack.frame()).0, XDP_TX);
+    // C: established, then closed by the client.
+    r.open(35002);
     assert_eq!(
         r.run(&Tcp::new((CLIENT, 35002), (VIP, 5433), FIN | ACK).frame())
             .0,
@@ -467,8 +509,8 @@ fn gc_removes_closed_and_unanswered_flows_and_keeps_live_ones() {
     assert_eq!(r.dp.flow_count(), 3);
     assert_eq!(
         r.dp.backend_conns(SVC).expect("datapath call")[0].1,
-        2,
-        "C stopped counting at its FIN"
+        1,
+        "C stopped counting at its FIN, B never counted"
     );
     std::thread::sleep(std::time::Duration::from_millis(50));
     let t = Timeouts {
@@ -479,7 +521,7 @@ fn gc_removes_closed_and_unanswered_flows_and_keeps_live_ones() {
     let report = r.dp.gc(&t).expect("gc");
     assert_eq!((report.scanned, report.expired), (3, 2), "{report:?}");
     assert_eq!(r.dp.flow_count(), 1);
-    // B was released by the GC, C by its FIN: only A is counted.
+    // B never counted, C stopped at its FIN: only A is counted.
     assert_eq!(r.dp.backend_conns(SVC).expect("datapath call")[0].1, 1);
     assert_eq!(r.dp.service_conns(SVC).expect("datapath call"), 1);
     // A keeps flowing; C's next packet finds no flow and is reset.
@@ -510,8 +552,8 @@ fn a_slot_reused_for_a_server_whose_address_changed_starts_from_zero_counters() 
             src_mac: LB_MAC,
         },
     );
-    r.syn(34000);
-    r.syn(34001);
+    r.open(34000);
+    r.open(34001);
     assert_eq!(r.dp.backend_conns(SVC).expect("datapath call")[0].1, 2);
     assert_eq!(
         r.dp.backend_stats(SVC).expect("datapath call")[0]
@@ -539,7 +581,7 @@ fn a_slot_reused_for_a_server_whose_address_changed_starts_from_zero_counters() 
         pgsvc_common::TrafficStats::default(),
         "traffic of the old server"
     );
-    let p = r.syn(34002);
+    let p = r.open(34002);
     assert_eq!(p.dst, B2);
     assert_eq!(r.dp.backend_conns(SVC).expect("datapath call")[0].1, 1);
     assert_eq!(
@@ -870,21 +912,15 @@ fn a_local_member_gets_its_flows_translated_in_place_and_passed_to_the_stack() {
     assert_eq!(r.reason(Reason::PassLocalNew), 1);
     assert_eq!(r.reason(Reason::FwdNew), 0);
     assert_eq!(r.dp.flow_count(), 1);
-    assert_eq!(
-        r.dp.backend_conns(SVC).expect("datapath call"),
-        vec![("pg-test-1".into(), 1)]
-    );
-    // Established client data follows the same translation.
-    let mut data = Tcp::new((CLIENT, 34000), (VIP, 5433), PSH | ACK);
-    data.payload = b"select 1;".to_vec();
-    let (action, out) = r.run(&data.frame());
+    assert_eq!(r.conns(), (0, 0), "a local SYN alone is no session");
+    assert_eq!((r.table("pending"), r.table("established")), (1, 0));
+    // A blind ACK before the member's SYN-ACK is passed translated but establishes nothing.
+    let (action, out) = r.run(&Tcp::new((CLIENT, 34000), (VIP, 5433), ACK).frame());
     assert_eq!(action, XDP_PASS);
-    let p = parse_verified(&out).expect("checksums");
-    assert_eq!((p.src, p.dst, p.dport), (CLIENT, LB, 6432));
-    assert_eq!(p.payload, b"select 1;");
-    assert_eq!(r.reason(Reason::PassLocalEstablished), 1);
+    assert_eq!(parse_verified(&out).expect("checksums").dport, 6432);
+    assert_eq!(r.conns(), (0, 0), "ACK before the member's SYN-ACK");
 
-    // The member's reply leaves through TC egress with the address and port the client dialled.
+    // The member's SYN-ACK leaves through TC egress with the address and port the client dialled.
     let mut reply = Tcp::new((LB, 6432), (CLIENT, 34000), SYN | ACK);
     reply.src_mac = LB_MAC;
     reply.dst_mac = CLIENT_MAC;
@@ -895,10 +931,27 @@ fn a_local_member_gets_its_flows_translated_in_place_and_passed_to_the_stack() {
     assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 5433, CLIENT, 34000));
     assert_eq!(p.payload, b"hello");
     assert_eq!(r.reason(Reason::ReverseLocal), 1);
+    assert_eq!(r.conns(), (0, 0), "SYN-ACK without the client's ACK");
+
+    // The client's ACK after it (with data) establishes the flow: now it is a session.
+    let mut data = Tcp::new((CLIENT, 34000), (VIP, 5433), PSH | ACK);
+    data.payload = b"select 1;".to_vec();
+    let (action, out) = r.run(&data.frame());
+    assert_eq!(action, XDP_PASS);
+    let p = parse_verified(&out).expect("checksums");
+    assert_eq!((p.src, p.dst, p.dport), (CLIENT, LB, 6432));
+    assert_eq!(p.payload, b"select 1;");
+    assert_eq!(r.reason(Reason::PassLocalEstablished), 2);
+    assert_eq!(r.conns(), (1, 1), "established after the client's ACK");
+    assert_eq!((r.table("pending"), r.table("established")), (0, 1));
+    assert_eq!(
+        r.dp.backend_conns(SVC).expect("datapath call"),
+        vec![("pg-test-1".into(), 1)]
+    );
     let s = r.dp.service_stats(SVC).expect("stats");
     assert_eq!(
         (s.new_flows, s.packets_in, s.packets_out, s.bytes_out),
-        (1, 2, 1, 5)
+        (1, 3, 1, 5)
     );
 
     // The node's own traffic from the same port to another peer leaves byte for byte.
@@ -907,7 +960,8 @@ fn a_local_member_gets_its_flows_translated_in_place_and_passed_to_the_stack() {
     assert_eq!((run.action, run.output), (TC_ACT_OK, own));
     assert_eq!(r.reason(Reason::ReverseLocal), 1);
 
-    // A FIN from the member closes the flow: the connection stops counting.
+    // A FIN from the member closes the flow: the connection stops counting and the flow waits
+    // out its close in the pending table.
     let fin = Tcp::new((LB, 6432), (CLIENT, 34000), FIN | ACK).frame();
     let run = r.dp.run_tc_egress(&fin).expect("tc test run");
     assert_eq!(run.action, TC_ACT_OK);
@@ -916,6 +970,27 @@ fn a_local_member_gets_its_flows_translated_in_place_and_passed_to_the_stack() {
         vec![("pg-test-1".into(), 0)]
     );
     assert_eq!(r.dp.service_conns(SVC).expect("conns"), 0);
+    assert_eq!((r.table("pending"), r.table("established")), (1, 0));
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").closed_flows, 1);
+    // The client's FIN and its last ACK end it: flow and reverse entry gone.
+    let (action, _) = r.run(&Tcp::new((CLIENT, 34000), (VIP, 5433), FIN | ACK).frame());
+    assert_eq!(action, XDP_PASS);
+    let (action, _) = r.run(&Tcp::new((CLIENT, 34000), (VIP, 5433), ACK).frame());
+    assert_eq!(action, XDP_PASS);
+    assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (0, 0));
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").closed_flows, 1);
+}
+
+/// The handshake of a local flow: client SYN (XDP), the member's SYN-ACK (TC egress), the
+/// client's ACK (XDP).
+fn open_local(r: &mut Rig, sport: u16) {
+    let (action, _) = r.run(&Tcp::new((CLIENT, sport), (VIP, 5433), SYN).frame());
+    assert_eq!(action, XDP_PASS);
+    let synack = Tcp::new((LB, 6432), (CLIENT, sport), SYN | ACK).frame();
+    let run = r.dp.run_tc_egress(&synack).expect("tc test run");
+    assert_eq!(run.action, TC_ACT_OK);
+    let (action, _) = r.run(&Tcp::new((CLIENT, sport), (VIP, 5433), ACK).frame());
+    assert_eq!(action, XDP_PASS);
 }
 
 #[test]
@@ -923,8 +998,16 @@ fn local_member_flows_obey_shutdown_sessions_and_the_node_addresses() {
     let Some(mut r) = local_rig("local_member_down") else {
         return;
     };
-    let (action, _) = r.run(&Tcp::new((CLIENT, 34100), (VIP, 5433), SYN).frame());
-    assert_eq!(action, XDP_PASS);
+    open_local(&mut r, 34100);
+    assert_eq!(r.conns(), (1, 1));
+    // A RST from the member removes its flow at once (and the reverse entry).
+    open_local(&mut r, 34102);
+    assert_eq!(r.conns(), (2, 2));
+    let rst = Tcp::new((LB, 6432), (CLIENT, 34102), RST | ACK).frame();
+    let run = r.dp.run_tc_egress(&rst).expect("tc test run");
+    assert_eq!(run.action, TC_ACT_OK);
+    assert_eq!(r.conns(), (1, 1), "the member's RST ends its session");
+    assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (1, 1));
     // The member goes DOWN (shutdown-sessions): the client's next packet is answered with a RST.
     r.dp.set_backends(SVC, &[backend("pg-test-1", LB, false)])
         .expect("backends");
@@ -933,6 +1016,7 @@ fn local_member_flows_obey_shutdown_sessions_and_the_node_addresses() {
     let p = parse_verified(&out).expect("RST checksums");
     assert_eq!((p.src, p.dst, p.flags & RST), (VIP, CLIENT, RST));
     assert_eq!(r.dp.flow_count(), 0);
+    assert_eq!(r.conns(), (0, 0));
     // Back UP; the VIP leaves the node: a SYN to it is not handed to the local member.
     r.dp.set_backends(SVC, &[backend("pg-test-1", LB, true)])
         .expect("backends");
@@ -946,4 +1030,389 @@ fn local_member_flows_obey_shutdown_sessions_and_the_node_addresses() {
     assert_eq!(r.run(&f), (XDP_PASS, f.clone()), "passed untouched");
     assert_eq!(r.reason(Reason::PassNotLocal), 1);
     assert_eq!(r.dp.flow_count(), 0);
+}
+
+#[test]
+fn a_half_open_flow_counts_nothing_until_the_client_completes_the_handshake() {
+    let Some(mut r) = rig(
+        "half_open_counts",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    let p = r.syn(36000);
+    assert_eq!(r.conns(), (0, 0), "SYN alone");
+    assert_eq!((r.table("pending"), r.table("established")), (1, 0));
+    // A blind ACK before the backend answered (a spoofer guessing) is forwarded but not promoted.
+    let (action, _) = r.run(&Tcp::new((CLIENT, 36000), (VIP, 5433), ACK).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(r.conns(), (0, 0), "ACK before the SYN-ACK");
+    assert_eq!(r.synack(&p), XDP_TX);
+    assert_eq!(r.conns(), (0, 0), "SYN-ACK without the client's ACK");
+    let (action, _) = r.run(&Tcp::new((CLIENT, 36000), (VIP, 5433), SYN).frame());
+    assert_eq!(action, XDP_TX, "retransmitted SYN");
+    assert_eq!(r.conns(), (0, 0), "retransmitted SYN");
+    let (action, out) = r.run(&Tcp::new((CLIENT, 36000), (VIP, 5433), ACK).frame());
+    assert_eq!(action, XDP_TX);
+    let fwd = parse_verified(&out).expect("valid frame");
+    assert_eq!((fwd.dst, fwd.sport), (B1, p.sport), "same translation");
+    assert_eq!(r.conns(), (1, 1), "established after the client's ACK");
+    assert_eq!((r.table("pending"), r.table("established")), (0, 1));
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").new_flows, 1);
+    // More data does not count it again; the FIN uncounts it and moves it to the pending table.
+    let (action, _) = r.run(&Tcp::new((CLIENT, 36000), (VIP, 5433), PSH | ACK).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(r.conns(), (1, 1));
+    let (action, _) = r.run(&Tcp::new((CLIENT, 36000), (VIP, 5433), FIN | ACK).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(r.conns(), (0, 0), "closing");
+    assert_eq!((r.table("pending"), r.table("established")), (1, 0));
+    let (action, _) = r.run(&Tcp::new((CLIENT, 36000), (VIP, 5433), ACK).frame());
+    assert_eq!(
+        action, XDP_TX,
+        "the last ACK of a closing flow still goes through"
+    );
+    assert_eq!(r.dp.service_stats(SVC).expect("stats").closed_flows, 1);
+}
+
+#[test]
+fn half_open_expiry_leaves_the_session_counters_alone() {
+    use pgsvc::datapath::Timeouts;
+    let Some(mut r) = rig(
+        "half_open_expiry",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    r.open(36100);
+    for port in 36101..36111 {
+        let p = r.syn(port);
+        if port % 2 == 0 {
+            assert_eq!(r.synack(&p), XDP_TX);
+        }
+    }
+    assert_eq!(r.conns(), (1, 1));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Timeouts {
+        syn_ns: 0,
+        closing_ns: 3600 * 1_000_000_000,
+        idle_ns: 3600 * 1_000_000_000,
+    };
+    let report = r.dp.gc(&t).expect("gc");
+    assert_eq!(report.expired, 10, "{report:?}");
+    assert_eq!(report.reconciled, 0, "nothing to correct: {report:?}");
+    assert_eq!(r.conns(), (1, 1), "half-open expiry released nothing");
+    assert_eq!((r.table("pending"), r.table("established")), (0, 1));
+    assert_eq!(
+        r.table("nat_rev"),
+        1,
+        "reverse entries of the half-open flows gone"
+    );
+    let (action, _) = r.run(&Tcp::new((CLIENT, 36100), (VIP, 5433), PSH | ACK).frame());
+    assert_eq!(action, XDP_TX);
+}
+
+#[test]
+fn a_reset_in_half_open_is_forwarded_and_counts_nothing() {
+    let Some(mut r) = rig(
+        "half_open_rst",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    // The client gives up before the handshake completes: its RST reaches the backend and the
+    // flow is gone, reverse entry included.
+    let p = r.syn(36200);
+    let (action, out) = r.run(&Tcp::new((CLIENT, 36200), (VIP, 5433), RST).frame());
+    assert_eq!(action, XDP_TX, "the RST reaches the backend");
+    let fwd = parse_verified(&out).expect("valid frame");
+    assert_eq!((fwd.dst, fwd.sport, fwd.flags), (B1, p.sport, RST));
+    // What stays in `nat_rev` is the server's SNAT allocation cursor (port 0), no port.
+    assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (0, 1));
+    // A late SYN-ACK is the host's business; a late ACK establishes nothing.
+    assert_eq!(r.synack(&p), XDP_PASS);
+    let (_, out) = r.run(&Tcp::new((CLIENT, 36200), (VIP, 5433), ACK).frame());
+    assert_eq!(parse_verified(&out).expect("valid frame").flags, RST);
+    assert_eq!(r.conns(), (0, 0));
+    // The backend refuses the next one: its RST reaches the client, the flow is gone.
+    let q = r.syn(36201);
+    let mut rst = Tcp::new((B1, 6432), (LB, q.sport), RST | ACK);
+    rst.src_mac = BACKEND_MAC;
+    let (action, out) = r.run(&rst.frame());
+    assert_eq!(action, XDP_TX, "the RST reaches the client");
+    assert_eq!(parse_verified(&out).expect("valid frame").dst, CLIENT);
+    assert_eq!((r.dp.flow_count(), r.table("nat_rev")), (0, 1));
+    assert_eq!(r.conns(), (0, 0));
+    let s = r.dp.service_stats(SVC).expect("stats");
+    assert_eq!(
+        (s.new_flows, s.closed_flows),
+        (0, 0),
+        "no session began or ended"
+    );
+    // The same 4-tuple can start over.
+    r.open(36200);
+    assert_eq!(r.conns(), (1, 1));
+}
+
+#[test]
+fn established_flows_survive_a_syn_flood_of_twenty_times_the_table() {
+    let Some(mut r) = rig_sized(
+        "syn_flood_lru",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+        256,
+    ) else {
+        return;
+    };
+    r.open(36300);
+    let flood = 20 * 256;
+    for i in 0..flood {
+        let src = Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250 + 1) as u8);
+        let (action, _) =
+            r.run(&Tcp::new((src, 40000 + (i % 1000) as u16), (VIP, 5433), SYN).frame());
+        assert!(
+            action == XDP_TX || action == XDP_DROP,
+            "SYN {i}: action {action}"
+        );
+    }
+    assert_eq!(r.conns(), (1, 1), "spoofed SYNs are no sessions");
+    let (action, out) = r.run(&Tcp::new((CLIENT, 36300), (VIP, 5433), PSH | ACK).frame());
+    assert_eq!(action, XDP_TX, "the established flow survived");
+    let p = parse_verified(&out).expect("valid frame");
+    assert_eq!((p.dst, p.flags), (B1, PSH | ACK));
+    assert_eq!(r.table("established"), 1);
+}
+
+#[test]
+fn a_full_established_table_refuses_new_handshakes_with_a_reset() {
+    let Some(mut r) = rig_sized(
+        "flows_full",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+        2,
+    ) else {
+        return;
+    };
+    r.open(36400);
+    r.open(36401);
+    let p = r.syn(36402);
+    assert_eq!(r.synack(&p), XDP_TX);
+    let mut ack = Tcp::new((CLIENT, 36402), (VIP, 5433), ACK);
+    ack.ack = 4242;
+    let (action, out) = r.run(&ack.frame());
+    assert_eq!(action, XDP_TX);
+    let rst = parse_verified(&out).expect("valid frame");
+    assert_eq!((rst.flags, rst.seq, rst.dst), (RST, 4242, CLIENT));
+    assert_eq!(r.reason(Reason::RstFlowTableFull), 1);
+    assert_eq!(r.conns(), (2, 2));
+    assert_eq!(r.table("established"), 2);
+    for port in [36400, 36401] {
+        let (action, out) = r.run(&Tcp::new((CLIENT, port), (VIP, 5433), PSH | ACK).frame());
+        assert_eq!(action, XDP_TX);
+        assert_eq!(parse_verified(&out).expect("valid frame").dst, B1);
+    }
+    // Room again after a close.
+    let (action, _) = r.run(&Tcp::new((CLIENT, 36400), (VIP, 5433), FIN | ACK).frame());
+    assert_eq!(action, XDP_TX);
+    r.open(36403);
+    assert_eq!(r.conns(), (2, 2));
+}
+
+#[test]
+fn gc_corrects_session_counters_to_the_established_flows() {
+    use pgsvc::datapath::Timeouts;
+    let Some(mut r) = rig(
+        "reconcile",
+        Algorithm::RoundRobin,
+        0,
+        &[backend("pg-test-1", B1, true)],
+    ) else {
+        return;
+    };
+    r.open(36500);
+    r.open(36501);
+    r.syn(36502);
+    r.dp.leak_sessions(SVC, 40).expect("test hook");
+    assert_eq!(r.conns(), (42, 42), "phantom sessions planted");
+    let report = r.dp.gc(&Timeouts::default()).expect("gc");
+    assert_eq!(
+        report.reconciled, 2,
+        "service and backend counter: {report:?}"
+    );
+    assert_eq!(r.conns(), (2, 2), "counters equal the established flows");
+    // Nothing to correct the next time.
+    assert_eq!(r.dp.gc(&Timeouts::default()).expect("gc").reconciled, 0);
+    r.open(36503);
+    assert_eq!(r.conns(), (3, 3));
+}
+
+// SNAT port allocation (issue 9, item 5).
+
+/// One server behind the service, and a SNAT range of `ports`.
+fn snat_rig(test: &str, ports: std::ops::RangeInclusive<u16>) -> Option<Rig> {
+    if !require_root(test) {
+        return None;
+    }
+    let pins = PinDir::new("pkt");
+    let mut opts = LoadOptions::new(pins.path(), LB);
+    opts.snat_ports = ports;
+    opts.fib_fallback = false;
+    opts.max_flows = 4096;
+    let mut dp = XdpDatapath::load(opts).expect("load + verifier");
+    dp.set_static_next_hop(
+        B1,
+        NextHop {
+            ifindex: 0,
+            mac: BACKEND_MAC,
+            src_mac: LB_MAC,
+        },
+    );
+    let spec = ServiceSpec {
+        addrs: vec![VIP],
+        port: 5433,
+        algorithm: Algorithm::RoundRobin,
+        maxconn: 0,
+        shutdown_sessions: true,
+    };
+    dp.upsert_service(SVC, &spec).expect("service");
+    dp.set_backends(SVC, &[backend("pg-test-1", B1, true)])
+        .expect("backends");
+    Some(Rig { dp, _pins: pins })
+}
+
+impl Rig {
+    /// The server's segment to the SNAT address and port `snat_port`.
+    fn backend_sends(&mut self, snat_port: u16, flags: u8) -> u32 {
+        let mut t = Tcp::new((B1, 6432), (LB, snat_port), flags);
+        t.src_mac = BACKEND_MAC;
+        self.run(&t.frame()).0
+    }
+
+    /// A connection from client port `sport` through the handshake and a full close (the client's
+    /// FIN first, as PostgreSQL clients close); returns its SNAT port.
+    fn open_and_close(&mut self, sport: u16) -> u16 {
+        let snat = self.syn(sport).sport;
+        assert_eq!(self.backend_sends(snat, SYN | ACK), XDP_TX);
+        let client = |r: &mut Self, flags| {
+            r.run(&Tcp::new((CLIENT, sport), (VIP, 5433), flags).frame())
+                .0
+        };
+        assert_eq!(client(self, ACK), XDP_TX);
+        assert_eq!(client(self, FIN | ACK), XDP_TX);
+        assert_eq!(self.backend_sends(snat, FIN | ACK), XDP_TX);
+        assert_eq!(client(self, ACK), XDP_TX);
+        snat
+    }
+}
+
+#[test]
+fn a_full_snat_range_refuses_a_syn_with_a_reset_at_once() {
+    let Some(mut r) = snat_rig("snat_full", 41000..=41003) else {
+        return;
+    };
+    let mut ports: Vec<u16> = (0..4).map(|i| r.open(42000 + i).sport).collect();
+    ports.sort_unstable();
+    assert_eq!(
+        ports,
+        vec![41000, 41001, 41002, 41003],
+        "every port of the range used once"
+    );
+    for round in 0..2 {
+        let mut t = Tcp::new((CLIENT, 42010), (VIP, 5433), SYN);
+        t.seq = 7000;
+        let (action, out) = r.run(&t.frame());
+        assert_eq!(action, XDP_TX, "round {round}: the SYN is answered");
+        let p = parse_verified(&out).expect("RST checksums");
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 5433, CLIENT, 42010));
+        assert_eq!(
+            (p.flags, p.seq, p.ack),
+            (RST | ACK, 0, 7001),
+            "round {round}"
+        );
+        assert_eq!((p.dst_mac, p.src_mac), (CLIENT_MAC, LB_MAC));
+        // Live connections keep their ports however long they are idle.
+        std::thread::sleep(std::time::Duration::from_millis(600));
+    }
+    assert_eq!(r.reason(Reason::RstSnatExhausted), 2);
+    assert_eq!(r.reason(Reason::DropSnatExhausted), 0);
+    let s = r.dp.service_stats(SVC).expect("stats");
+    assert_eq!((s.rst_sent, s.syn_dropped, s.new_flows), (2, 0, 4));
+    assert_eq!(r.dp.flow_count(), 4, "no flow for the refused SYN");
+    // The established connections are untouched.
+    let (action, out) = r.run(&Tcp::new((CLIENT, 42000), (VIP, 5433), ACK).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(parse_verified(&out).expect("valid frame").dst, B1);
+}
+
+#[test]
+fn a_syn_tried_again_from_the_same_client_port_gets_another_snat_port() {
+    let Some(mut r) = snat_rig("snat_retry_ports", 41000..=41999) else {
+        return;
+    };
+    // The client gives up (RST) and tries again from the same port: each attempt is a new flow,
+    // and it must not be sent to the server on the 4-tuple it just reset.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let p = r.syn(42500);
+        seen.push(p.sport);
+        let (action, _) = r.run(&Tcp::new((CLIENT, 42500), (VIP, 5433), RST).frame());
+        assert_eq!(action, XDP_TX, "the client's RST goes to the server");
+    }
+    let mut distinct = seen.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "SNAT ports of the attempts: {seen:?}"
+    );
+}
+
+#[test]
+fn ports_of_finished_connections_are_reused_after_half_a_second_of_quiet() {
+    let Some(mut r) = snat_rig("snat_reuse", 41000..=41003) else {
+        return;
+    };
+    let mut closed: Vec<u16> = (0..3).map(|i| r.open_and_close(43000 + i)).collect();
+    closed.sort_unstable();
+    // The fourth port: half closed (the client's FIN only) — the server may still send.
+    let half = r.syn(43003).sport;
+    assert_eq!(r.backend_sends(half, SYN | ACK), XDP_TX);
+    let fin = Tcp::new((CLIENT, 43003), (VIP, 5433), FIN | ACK).frame();
+    assert_eq!(r.run(&fin).0, XDP_TX);
+    // Right after the close: not yet reusable, and not refused either — dropped, so that the
+    // client's retransmission a second later finds the port.
+    let syn = Tcp::new((CLIENT, 43100), (VIP, 5433), SYN).frame();
+    assert_eq!(r.run(&syn).0, XDP_DROP);
+    assert_eq!(r.reason(Reason::DropSnatExhausted), 1);
+    assert_eq!(r.reason(Reason::RstSnatExhausted), 0);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let mut reused = Vec::new();
+    for sport in [43100, 43101, 43102] {
+        let p = r.syn(sport);
+        assert!(
+            closed.contains(&p.sport),
+            "{} is not a closed connection's port",
+            p.sport
+        );
+        reused.push(p.sport);
+        assert_eq!(r.backend_sends(p.sport, SYN | ACK), XDP_TX);
+    }
+    reused.sort_unstable();
+    assert_eq!(reused, closed, "each finished connection's port taken once");
+    // The server's answers now reach the new clients, and the old flows are gone.
+    assert_eq!(r.dp.flow_count(), 4);
+    // The half-closed connection keeps its port: the range is full of live connections now.
+    let (action, out) = r.run(&Tcp::new((CLIENT, 43103), (VIP, 5433), SYN).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(parse_verified(&out).expect("RST").flags, RST | ACK);
+    assert_eq!(r.reason(Reason::RstSnatExhausted), 1);
 }

@@ -162,6 +162,8 @@ pub(crate) fn sample_status() -> Status {
                 ("rst_no_flow".to_string(), 3),
                 ("pass".to_string(), 0),
             ]),
+            snat_ports: 20000,
+            ..DatapathStatus::default()
         },
         process: ProcessStatus {
             cpu_seconds: 12.5,

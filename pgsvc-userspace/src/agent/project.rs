@@ -13,8 +13,8 @@ use crate::{
     health::HealthState,
     plan::{Balance, BindAddr, ServicePlan},
     status::{
-        CheckStatus, DatapathStatus, Peaks, ProcessStatus, STATUS_SCHEMA, ServerStatus,
-        ServiceStatus, Status,
+        CheckStatus, DatapathStatus, FlowTableStatus, Peaks, ProcessStatus, STATUS_SCHEMA,
+        ServerStatus, ServiceStatus, Status,
     },
 };
 
@@ -102,10 +102,22 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             datapath: DatapathStatus {
                 flows: self.dp.flow_count() as u64,
                 max_flows: u64::from(self.dp.max_flows()),
+                tables: self
+                    .dp
+                    .flow_tables()
+                    .into_iter()
+                    .map(|(name, entries, capacity)| FlowTableStatus {
+                        name: name.to_owned(),
+                        entries,
+                        capacity,
+                    })
+                    .collect(),
+                flows_evicted: self.dp.flows_evicted(),
                 packets: reasons
                     .into_iter()
                     .map(|(r, n)| (r.name().to_owned(), n))
                     .collect(),
+                snat_ports: self.settings.snat_ports.clone().count() as u64,
             },
             process,
             dcs: self.dcs_status(now),
@@ -129,6 +141,12 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         let conns: HashMap<String, u64> = self
             .dp
             .backend_conns(&svc.name)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let snat: HashMap<String, u64> = self
+            .dp
+            .snat_ports_in_use(&svc.name)
             .unwrap_or_default()
             .into_iter()
             .collect();
@@ -202,6 +220,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                         wall,
                     ),
                     fenced: self.is_fenced(svc, srv),
+                    snat_ports_in_use: snat.get(&srv.name).copied().unwrap_or(0),
                 }
             })
             .collect();

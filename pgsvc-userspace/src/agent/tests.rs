@@ -1126,3 +1126,37 @@ fn the_status_keeps_session_peaks_rates_and_backend_outages() {
 #[path = "tests/fence.rs"]
 mod fence;
 mod server_state;
+
+#[test]
+fn the_snapshot_shows_snat_ports_held_per_server_and_the_range_size() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.all_up();
+    h.ready();
+    h.dp()
+        .snat_ports
+        .insert((PRIMARY.to_owned(), "pg-test-1".to_owned()), 100);
+    h.dp()
+        .snat_ports
+        .insert((REPLICA.to_owned(), "pg-test-2".to_owned()), 7);
+    h.rec.publish(h.at(3.0));
+    let st = h.status();
+    assert_eq!(st.datapath.snat_ports, 20_000, "40000-59999");
+    let held = |svc: &str, srv: &str| {
+        st.services
+            .iter()
+            .find(|s| s.name == svc)
+            .and_then(|s| s.servers.iter().find(|v| v.name == srv))
+            .map(|v| v.snat_ports_in_use)
+    };
+    assert_eq!(held(PRIMARY, "pg-test-1"), Some(100));
+    assert_eq!(held(PRIMARY, "pg-test-2"), Some(0));
+    assert_eq!(held(REPLICA, "pg-test-2"), Some(7));
+    let text = crate::admin::metrics::render_metrics(&st);
+    assert!(text.contains("\npgsvc_snat_ports 20000\n"), "{text}");
+    assert!(
+        text.contains(
+            "\npgsvc_server_snat_ports_in_use{proxy=\"pg-test-primary\",server=\"pg-test-1\"} 100\n"
+        ),
+        "{text}"
+    );
+}

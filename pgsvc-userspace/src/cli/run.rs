@@ -46,7 +46,8 @@ pub struct RunArgs {
     /// Where maps and the XDP link are pinned (bpffs).
     #[arg(long, default_value = "/sys/fs/bpf/pgsvc")]
     pub pin_dir: PathBuf,
-    /// Flow table size (connections tracked at once).
+    /// Established connections tracked at once (the half-open/closing and reverse tables are sized
+    /// from it: README, "Sizing --max-flows").
     #[arg(long, default_value_t = pgsvc_common::DEFAULT_MAX_FLOWS)]
     pub max_flows: u32,
     /// On exit, leave the program attached and its maps pinned: traffic keeps flowing and the next

@@ -71,14 +71,30 @@ pub trait Datapath {
     fn flow_count(&self) -> usize;
     /// Size of the flow table.
     fn max_flows(&self) -> u32;
+    /// Occupancy of each flow table: (name, entries, capacity).
+    fn flow_tables(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![(
+            "established",
+            self.flow_count() as u64,
+            u64::from(self.max_flows()),
+        )]
+    }
+    /// Reverse entries the GC reclaimed because their pending flow was gone (evicted from the LRU
+    /// table of half-open and closing flows), since this agent started.
+    fn flows_evicted(&self) -> u64 {
+        0
+    }
     /// Writes what `ip: "*"` services accept; returns whether anything changed.
     fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, Self::Error>;
+    /// SNAT ports held per server of a service, by server name (connections open or just
+    /// finished; refreshed by [`Datapath::gc`]).
+    fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, Self::Error>;
 }
 
 /// Flow timeouts used by [`Datapath::gc`].
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
-    /// A flow whose backend never answered (no SYN-ACK).
+    /// A half-open flow: the client's SYN went to a backend but the handshake did not complete.
     pub syn_ns: u64,
     /// After the first FIN or RST.
     pub closing_ns: u64,
@@ -89,7 +105,7 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            syn_ns: 30 * 1_000_000_000,
+            syn_ns: 5 * 1_000_000_000,
             closing_ns: 10 * 1_000_000_000,
             idle_ns: 24 * 3600 * 1_000_000_000,
         }
@@ -103,4 +119,6 @@ pub struct GcReport {
     pub expired: usize,
     pub stale: usize,
     pub orphans: usize,
+    /// Session counters corrected to the established flows that exist.
+    pub reconciled: usize,
 }

@@ -85,6 +85,8 @@ pub struct FakeDatapath {
     pub max_flows: u32,
     /// What `ip: "*"` services were last told to accept.
     pub local_scope: Option<LocalScope>,
+    /// SNAT ports held, by (service, server) (injected by the test).
+    pub snat_ports: BTreeMap<(String, String), u64>,
 }
 
 impl Default for FakeDatapath {
@@ -97,6 +99,7 @@ impl Default for FakeDatapath {
             reasons: Vec::new(),
             max_flows: 1024,
             local_scope: None,
+            snat_ports: BTreeMap::new(),
         }
     }
 }
@@ -389,5 +392,20 @@ impl Datapath for FakeDatapath {
         let changed = self.local_scope.as_ref() != Some(scope);
         self.local_scope = Some(scope.clone());
         Ok(changed)
+    }
+
+    fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, FakeError> {
+        Ok(self
+            .service(service)?
+            .conns
+            .keys()
+            .map(|server| {
+                let key = (service.to_owned(), server.clone());
+                (
+                    server.clone(),
+                    self.snat_ports.get(&key).copied().unwrap_or(0),
+                )
+            })
+            .collect())
     }
 }

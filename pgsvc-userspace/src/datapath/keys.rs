@@ -50,6 +50,14 @@ pub fn rev_key_of(key: &FlowKey, flow: &Flow, snat: u32) -> NatKey {
     NatKey::for_flow(key, flow, snat)
 }
 
+/// Whether the reverse entry `key` → `rev` belongs to a local member's flow (keyed by the member's
+/// reply to the client itself, see [`rev_key_of`]): it holds no SNAT port. A full-NAT entry is
+/// keyed by the SNAT address, which is never a client's.
+#[must_use]
+pub fn is_local_rev(key: &NatKey, rev: &NatRev) -> bool {
+    key.snat_addr == rev.client_addr && key.snat_port == rev.client_port
+}
+
 /// Open connections from a pair of counters: opened by the datapath, released by either side
 /// (never negative: a release may land before the open it pairs with is summed).
 #[must_use]
@@ -84,5 +92,27 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[1].addr.to_ne_bytes(), [198, 18, 0, 4]);
         assert_eq!(keys[1].proto, IPPROTO_TCP);
+    }
+
+    #[test]
+    fn local_reverse_entries_are_told_from_full_nat_ones() {
+        let fk = FlowKey::of_packet(0x0a00_0001, 0x0a00_0003, 1234u16.to_be(), 5433u16.to_be());
+        let mut flow = Flow {
+            backend_addr: 0x0a00_0009,
+            backend_port: 6432u16.to_be(),
+            snat_port: 40000u16.to_be(),
+            ..Flow::default()
+        };
+        let rev = NatRev {
+            client_addr: fk.client_addr,
+            client_port: fk.client_port,
+            vip: fk.vip,
+            vport: fk.vport,
+            ..NatRev::default()
+        };
+        let snat = 0x0a00_0002;
+        assert!(!is_local_rev(&rev_key_of(&fk, &flow, snat), &rev));
+        flow.snat_port = 0;
+        assert!(is_local_rev(&rev_key_of(&fk, &flow, snat), &rev));
     }
 }

@@ -94,6 +94,19 @@ fn identity_rig(pins: &PinDir) -> anyhow::Result<XdpDatapath> {
     if r.action != 3 {
         bail!("setup SYN was not transmitted (action {})", r.action);
     }
+    // Complete the handshake (the backend's SYN-ACK, the client's ACK): only then is the flow
+    // established, and the measured packets take the established path.
+    let synack = Tcp::new((VIP, 5433), (CLIENT, CLIENT_PORT), SYN | ACK).frame();
+    let ack = Tcp::new((CLIENT, CLIENT_PORT), (VIP, 5433), ACK).frame();
+    for (what, frame) in [("SYN-ACK", synack), ("ACK", ack)] {
+        let r = dp.run_program(&frame, 1)?;
+        if r.action != 3 {
+            bail!("setup {what} was not transmitted (action {})", r.action);
+        }
+    }
+    if dp.flow_tables().first().map(|t| t.1) != Some(1) {
+        bail!("setup handshake did not establish the flow");
+    }
     Ok(dp)
 }
 

@@ -185,6 +185,12 @@ const PGSVC_SERVER: &[(&str, Kind, &str, ServerField)] = &[
         "Health checks run.",
         |v| v.checks_total.into(),
     ),
+    (
+        "pgsvc_server_snat_ports_in_use",
+        Kind::Gauge,
+        "SNAT ports held by connections to this server (open, or finished and not yet reused), as of the last flow GC.",
+        |v| v.snat_ports_in_use.into(),
+    ),
 ];
 
 pub(super) fn proxy(s: &ServiceStatus) -> Labels<'_> {
@@ -301,6 +307,47 @@ fn pgsvc(e: &mut Exposition, s: &Status) {
         Kind::Gauge,
         "Capacity of the flow table.",
         s.datapath.max_flows.into(),
+    );
+    e.single(
+        "pgsvc_snat_ports",
+        Kind::Gauge,
+        "Size of the SNAT port range: connections each server address and port can take at once.",
+        s.datapath.snat_ports.into(),
+    );
+    e.family(
+        "pgsvc_flow_table_entries",
+        Kind::Gauge,
+        "Entries per flow table: established (never evicted), pending (half-open and closing, LRU), nat_rev (reverse entries).",
+        s.datapath
+            .tables
+            .iter()
+            .map(|t| (vec![("table", t.name.as_str())], t.entries.into())),
+    );
+    e.family(
+        "pgsvc_flow_table_capacity",
+        Kind::Gauge,
+        "Capacity per flow table.",
+        s.datapath
+            .tables
+            .iter()
+            .map(|t| (vec![("table", t.name.as_str())], t.capacity.into())),
+    );
+    e.single(
+        "pgsvc_flow_table_evictions_total",
+        Kind::Counter,
+        "Pending (half-open or closing) flows evicted from their LRU table, as found by the flow GC since the agent started.",
+        s.datapath.flows_evicted.into(),
+    );
+    e.single(
+        "pgsvc_flow_table_refused_total",
+        Kind::Counter,
+        "Completed handshakes refused with a RST because the table of established flows was full.",
+        s.datapath
+            .packets
+            .get(pgsvc_common::Reason::RstFlowTableFull.name())
+            .copied()
+            .unwrap_or(0)
+            .into(),
     );
     e.family(
         "pgsvc_packets_total",

@@ -83,7 +83,14 @@ impl XdpDatapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
             .map_max_entries(map_names::FLOWS, opts.max_flows)
-            .map_max_entries(map_names::NAT_REV, opts.max_flows)
+            .map_max_entries(
+                map_names::FLOWS_PENDING,
+                pgsvc_common::pending_capacity(opts.max_flows),
+            )
+            .map_max_entries(
+                map_names::NAT_REV,
+                pgsvc_common::nat_rev_capacity(opts.max_flows),
+            )
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         let name = programs::LB;
@@ -113,6 +120,7 @@ impl XdpDatapath {
             backend_released: take(&mut ebpf, map_names::BACKEND_RELEASED)?,
             flows: take(&mut ebpf, map_names::FLOWS)?,
             nat_rev: take(&mut ebpf, map_names::NAT_REV)?,
+            flows_pending: take(&mut ebpf, map_names::FLOWS_PENDING)?,
             svc_stats: take(&mut ebpf, map_names::SVC_STATS)?,
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
             reasons: take(&mut ebpf, map_names::REASONS)?,
@@ -132,6 +140,8 @@ impl XdpDatapath {
             static_hops: StdHashMap::new(),
             started_ns: monotonic_coarse_ns(),
             local_addrs: std::collections::HashSet::new(),
+            orphans_reclaimed: 0,
+            snat_in_use: StdHashMap::new(),
         };
         dp.scan_slots()?;
         dp.write_config()?;

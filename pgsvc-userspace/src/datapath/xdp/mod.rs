@@ -19,6 +19,7 @@ mod loader;
 mod scope;
 mod services;
 mod slots;
+mod snat;
 mod stats;
 mod tc;
 #[cfg(feature = "test-hooks")]
@@ -65,7 +66,8 @@ pub enum AttachMode {
 pub struct LoadOptions {
     /// Where maps and links are pinned (on bpffs).
     pub pin_dir: PathBuf,
-    /// Size of `FLOWS` and `NAT_REV` (only when they are created, not when adopted).
+    /// Size of `FLOWS` (`FLOWS_PENDING` and `NAT_REV` are sized from it; only when they are
+    /// created, not when adopted).
     pub max_flows: u32,
     /// Source address of translated connections.
     pub snat_addr: Ipv4Addr,
@@ -102,6 +104,7 @@ struct Maps {
     svc_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     reasons: PerCpuArray<MapData, u64>,
+    flows_pending: HashMap<MapData, FlowKey, Flow>,
 }
 
 struct ServiceEntry {
@@ -145,6 +148,10 @@ pub struct XdpDatapath {
     started_ns: u64,
     /// The node's IPv4 addresses: a backend at one of them is a local member (`BE_F_LOCAL`).
     local_addrs: HashSet<Ipv4Addr>,
+    /// Reverse entries of evicted pending flows reclaimed by the GC (cumulative).
+    orphans_reclaimed: u64,
+    /// SNAT ports held per backend slot, counted at the last GC pass.
+    snat_in_use: StdHashMap<u32, u64>,
 }
 
 impl XdpDatapath {
@@ -214,15 +221,27 @@ impl Datapath for XdpDatapath {
     }
 
     fn flow_count(&self) -> usize {
-        self.maps.flows.keys().filter(Result::is_ok).count()
+        self.established_count() + self.pending_count()
     }
 
     fn max_flows(&self) -> u32 {
         self.opts.max_flows
     }
 
+    fn flow_tables(&self) -> Vec<(&'static str, u64, u64)> {
+        self.table_occupancy()
+    }
+
+    fn flows_evicted(&self) -> u64 {
+        self.orphans_reclaimed
+    }
+
     fn set_local_scope(&mut self, scope: &LocalScope) -> Result<bool, DatapathError> {
         let changed = self.write_local_scope(scope)?;
         Ok(self.set_local_addrs(&scope.addrs)? > 0 || changed)
+    }
+
+    fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, DatapathError> {
+        self.snat_ports_by_backend(service)
     }
 }

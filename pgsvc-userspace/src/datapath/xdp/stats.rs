@@ -23,7 +23,7 @@ impl XdpDatapath {
             .collect()
     }
 
-    fn sum_stats(map: &PerCpuArray<MapData, TrafficStats>, id: u32) -> TrafficStats {
+    pub(super) fn sum_stats(map: &PerCpuArray<MapData, TrafficStats>, id: u32) -> TrafficStats {
         let mut total = TrafficStats::default();
         if let Ok(values) = map.get(&id, 0) {
             for v in values.iter() {
