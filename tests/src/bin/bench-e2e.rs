@@ -508,6 +508,9 @@ impl Pgsvc {
             .args(["--cluster", "pg-test", "--iface", "eth0", "--vip", VIP_CIDR])
             .args(["--xdp-mode", "native", "--admin", ADMIN, "--pin-dir"])
             .arg(pin)
+            // HAProxy, the baseline, keeps listening on the LB's service ports between its rounds;
+            // pgsvc's XDP program takes the traffic while it runs, so it starts beside it on purpose
+            .arg("--takeover")
             .args(["--log", "info"]);
         c
     }
