@@ -53,6 +53,11 @@ pub enum ReloadError {
     Checks {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The new plan does not fit this node (a local member off `--iface`).
+    #[error(transparent)]
+    Host {
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("service {service}: {source}")]
     Datapath {
         service: String,

@@ -1,5 +1,6 @@
 //! Host networking the agent does around the datapath: the interface's IPv4 addresses (the SNAT
-//! source), the VIP (`ip addr add/del`) and the kernel's reserved ports (the SNAT range).
+//! source), the VIP (added and removed through rtnetlink, [`super::netlink`]) and the kernel's
+//! reserved ports (the SNAT range).
 
 use std::net::Ipv4Addr;
 
@@ -24,17 +25,8 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
-    #[error("running ip addr add")]
-    Spawn {
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("adding VIP {cidr} to {iface} failed: {stderr}")]
-    AddVip {
-        cidr: String,
-        iface: String,
-        stderr: String,
-    },
+    #[error("adding the VIP")]
+    AddVip(#[source] super::netlink::NetlinkError),
     #[error(
         "server {server} at {addr} is an address of this node, but not on --iface {iface}: a local member is served only through the interface pgsvc is attached to (its replies are translated there); attach pgsvc to the interface that holds {addr}, or move the address to {iface}"
     )]
@@ -101,6 +93,12 @@ pub fn local_scope(iface: &str) -> Option<LocalScope> {
     })
 }
 
+/// Every IPv4 address of the node, on any interface.
+#[must_use]
+pub fn node_addrs() -> Vec<Ipv4Addr> {
+    ipv4_addrs(None)
+}
+
 /// IPv4 addresses of `iface` (of every interface: `None`), in the kernel's order.
 fn ipv4_addrs(iface: Option<&str>) -> Vec<Ipv4Addr> {
     let mut found = Vec::new();
@@ -148,44 +146,38 @@ pub fn reserve_ports(range: &std::ops::RangeInclusive<u16>) -> Result<(), HostEr
 }
 
 /// Adds the VIP; `false` when it was already on the interface (then it is left there on exit).
-pub fn add_vip(iface: &str, addr: Ipv4Addr, prefix: u8) -> Result<bool, HostError> {
+///
+/// # Errors
+/// The interface is gone or the kernel refused the address.
+pub async fn add_vip(iface: &str, addr: Ipv4Addr, prefix: u8) -> Result<bool, HostError> {
     let cidr = format!("{addr}/{prefix}");
     if interface_has(iface, addr) {
         info!(vip = cidr, iface, "VIP already present");
         return Ok(false);
     }
-    let out = std::process::Command::new("ip")
-        .args(["addr", "add", &cidr, "dev", iface])
-        .output()
-        .map_err(|source| HostError::Spawn { source })?;
-    if out.status.success() {
-        info!(vip = cidr, iface, "VIP added");
-        return Ok(true);
+    match super::netlink::add_addr(iface, addr, prefix).await {
+        Ok(true) => {
+            info!(vip = cidr, iface, "VIP added");
+            Ok(true)
+        }
+        Ok(false) => {
+            info!(
+                vip = cidr,
+                iface, "VIP already present; leaving it as it is on exit"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(HostError::AddVip(e)),
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("File exists") {
-        info!(
-            vip = cidr,
-            iface, "VIP already present; leaving it as it is on exit"
-        );
-        return Ok(false);
-    }
-    Err(HostError::AddVip {
-        cidr,
-        iface: iface.to_owned(),
-        stderr: stderr.trim().to_owned(),
-    })
 }
 
 /// Removes the VIP the agent added.
-pub fn remove_vip(iface: &str, addr: Ipv4Addr, prefix: u8) {
+pub async fn remove_vip(iface: &str, addr: Ipv4Addr, prefix: u8) {
     let cidr = format!("{addr}/{prefix}");
-    match std::process::Command::new("ip")
-        .args(["addr", "del", &cidr, "dev", iface])
-        .status()
-    {
-        Ok(s) if s.success() => info!(vip = cidr, iface, "VIP removed"),
-        _ => warn!(vip = cidr, iface, "removing the VIP failed"),
+    match super::netlink::del_addr(iface, addr, prefix).await {
+        Ok(true) => info!(vip = cidr, iface, "VIP removed"),
+        Ok(false) => warn!(vip = cidr, iface, "the VIP was no longer on the interface"),
+        Err(e) => warn!(vip = cidr, iface, error = %e, "removing the VIP failed"),
     }
 }
 

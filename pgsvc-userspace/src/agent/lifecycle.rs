@@ -14,14 +14,15 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    AgentOptions, bpffs, host, listeners,
+    AgentOptions, bpffs, host, listeners, netlink,
     project::unix_now,
     reconcile::{Identity, Reconciler, Settings, flatten},
     state_file::StateFile,
+    vip::{self, VipOwner},
 };
 use crate::{
     admin,
-    control::{ReloadRequest, ServerStateRequest},
+    control::{ReloadError, ReloadRequest, ServerStateRequest},
     datapath::{LoadOptions, XdpDatapath, neigh},
     dcs::{self, DcsUpdate},
     health::{Burst, HealthEvent, HealthMonitor, TlsSettings},
@@ -52,6 +53,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         );
     }
     let etcd = start_dcs_checks(&opts, &plan).await?;
+    // Checked before the kernel is touched, like the rest of the configuration.
+    let mut vip_owners = match opts.own_vip {
+        None => Vec::new(),
+        Some(_) if etcd.is_empty() => return Err(vip::VipError::NoDcs.into()),
+        Some(ttl) => vip::VipOwner::for_node(&plan, &host::node_addrs(), &opts.iface, ttl)?,
+    };
+    for o in &vip_owners {
+        info!(
+            cluster = o.cluster,
+            member = o.member,
+            vip = %format_args!("{}/{}", o.addr, o.prefix),
+            "--own-vip: the VIP is held while this node's member holds the leader key"
+        );
+    }
     let Some((_, iface_mac)) = neigh::interface(&opts.iface) else {
         bail!("interface {} does not exist", opts.iface);
     };
@@ -131,7 +146,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let vip_added = match opts.vip {
         // An adopted datapath's VIP was added by the agent before us: ours to remove on exit too.
-        Some((addr, prefix)) => match host::add_vip(&opts.iface, addr, prefix) {
+        Some((addr, prefix)) => match host::add_vip(&opts.iface, addr, prefix).await {
             Ok(added) => added || dp.adopted(),
             Err(e) => {
                 abandon(dp);
@@ -195,7 +210,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .collect();
     drop(dcs_tx);
 
-    let result = main_loop(&mut agent, &opts, events, reload_rx, state_rx, dcs_rx).await;
+    let inputs = Inputs {
+        events,
+        reloads: reload_rx,
+        states: state_rx,
+        dcs: dcs_rx,
+    };
+    let result = main_loop(&mut agent, &opts, inputs, &mut vip_owners).await;
     for w in &watches {
         w.abort();
     }
@@ -210,23 +231,38 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if opts.keep {
         dp.leave_pinned();
     } else {
+        for o in vip_owners.iter().filter(|o| o.held()) {
+            o.apply(vip::Change::Remove).await;
+        }
         if vip_added && let Some((addr, prefix)) = opts.vip {
-            host::remove_vip(&opts.iface, addr, prefix);
+            host::remove_vip(&opts.iface, addr, prefix).await;
         }
         dp.detach_and_unpin().context("detaching")?;
     }
     result
 }
 
-/// Feeds the reconciler its inputs until SIGINT or SIGTERM.
+/// What the reconciler listens to besides signals and timers.
+struct Inputs {
+    events: mpsc::UnboundedReceiver<HealthEvent>,
+    reloads: mpsc::Receiver<ReloadRequest>,
+    states: mpsc::Receiver<ServerStateRequest>,
+    dcs: mpsc::UnboundedReceiver<DcsUpdate>,
+}
+
+/// Feeds the reconciler (and the VIP owners) their inputs until SIGINT or SIGTERM.
 async fn main_loop(
     agent: &mut Agent,
     opts: &AgentOptions,
-    mut events: mpsc::UnboundedReceiver<HealthEvent>,
-    mut reloads: mpsc::Receiver<ReloadRequest>,
-    mut states: mpsc::Receiver<ServerStateRequest>,
-    mut dcs: mpsc::UnboundedReceiver<DcsUpdate>,
+    inputs: Inputs,
+    vip_owners: &mut [VipOwner],
 ) -> anyhow::Result<()> {
+    let Inputs {
+        mut events,
+        mut reloads,
+        mut states,
+        mut dcs,
+    } = inputs;
     if let Some(scope) = host::local_scope(&opts.iface) {
         agent.on_local_scope(&scope);
     }
@@ -234,6 +270,13 @@ async fn main_loop(
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    // Address changes (a VIP moved by vip-manager) reach the `*` scope at once; the 1 s tick stays
+    // as the backstop should the netlink socket fail.
+    let (_no_changes, idle) = mpsc::channel(1);
+    let mut addr_changes = netlink::address_changes().unwrap_or_else(|e| {
+        warn!(error = %error_chain(&e), "address changes are not watched: the `*` scope follows them within 1 s");
+        idle
+    });
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Re-balance shortly after start, when most first results are in.
@@ -243,16 +286,47 @@ async fn main_loop(
     let mut fence_poll = tokio::time::interval(Duration::from_millis(25));
     fence_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // On a worker with its own big stack, panics caught: a hostile inventory cannot take the agent down.
-    let reread = || opts.source.load_isolated(opts.cluster.as_deref());
+    // A local member off `--iface` is refused on reload as at start (its replies would bypass TC).
+    let reread = || -> Result<_, ReloadError> {
+        let (plan, warnings) = opts.source.load_isolated(opts.cluster.as_deref())?;
+        host::check_local_members(
+            flatten(&plan)
+                .iter()
+                .flat_map(|s| s.servers.iter().map(|m| (m.name.as_str(), m.addr))),
+            &opts.iface,
+        )
+        .map_err(|e| ReloadError::Host {
+            source: Box::new(e),
+        })?;
+        Ok((plan, warnings))
+    };
     let mut notified_ready = false;
     loop {
         tokio::select! {
             Some(ev) = events.recv() => agent.on_health_event(&ev, Instant::now()),
-            Some(u) = dcs.recv() => agent.on_dcs(&u, Instant::now()),
+            Some(()) = addr_changes.recv() => {
+                if let Some(scope) = host::local_scope(&opts.iface) {
+                    agent.on_local_scope(&scope);
+                }
+            }
+            Some(u) = dcs.recv() => {
+                // The VIP first: a node losing the key lets go of the address before anything else.
+                for o in vip_owners.iter_mut() {
+                    if let Some(change) = o.decide(&u) {
+                        o.apply(change).await;
+                    }
+                }
+                agent.on_dcs(&u, Instant::now());
+            }
             _ = fence_poll.tick(), if agent.fence_awaiting() => agent.on_fence_poll(Instant::now()),
             _ = settle.tick(), if !agent.is_ready() => agent.rebalance_all(Instant::now()),
             _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
+                for o in vip_owners.iter_mut() {
+                    if let Some(change) = o.decide_tick(Instant::now()) {
+                        o.apply(change).await;
+                    }
+                }
                 if let Some(scope) = host::local_scope(&opts.iface) {
                     agent.on_local_scope(&scope);
                 }

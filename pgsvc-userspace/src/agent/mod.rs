@@ -11,16 +11,20 @@
 //! desired state → diff through the [`crate::datapath::Datapath`] trait), [`reload`] (the plan
 //! diff), [`project`] (the status snapshot), [`checks`] (the health input as a trait), [`fence`]
 //! (write services follow the DCS leader key), [`host`]
-//! (addresses, VIP, reserved ports), [`server_state`] (DRAIN and MAINT set by the operator) and
+//! (addresses, VIP, reserved ports), [`netlink`] (address changes and the VIP through rtnetlink),
+//! [`vip`] and [`garp`] (`--own-vip`: the VIP held while this node leads), [`server_state`] (DRAIN
+//! and MAINT set by the operator) and
 //! [`state_file`] (where those are saved). One task owns the reconciler; the admin API only reads the
 //! snapshot it publishes, so it stays responsive whatever the data plane is doing.
 
 pub mod bpffs;
 pub mod checks;
 pub mod fence;
+pub mod garp;
 pub mod host;
 pub mod lifecycle;
 pub mod listeners;
+pub mod netlink;
 pub mod project;
 pub mod reconcile;
 pub mod reload;
@@ -28,6 +32,7 @@ pub mod server_state;
 pub mod state_file;
 #[cfg(test)]
 mod tests;
+pub mod vip;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -75,4 +80,7 @@ pub struct AgentOptions {
     pub cgroup: Option<PathBuf>,
     /// Start even when another process listens on a service port (warn instead of refusing).
     pub takeover: bool,
+    /// `--own-vip`: hold the cluster's VIP while this node's member holds the leader key, keeping
+    /// it this long (the key's TTL) while etcd does not answer.
+    pub own_vip: Option<Duration>,
 }

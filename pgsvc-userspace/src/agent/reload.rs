@@ -14,7 +14,7 @@ use super::{
 use crate::{
     control::{ReloadError, ReloadSummary},
     datapath::Datapath,
-    plan::{Plan, PlanError, ServicePlan, Warning},
+    plan::{Plan, ServicePlan, Warning},
     status::ReloadStatus,
 };
 
@@ -24,12 +24,12 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
     ///
     /// # Errors
     /// Why the new inventory was refused; the running configuration then stays as it was.
-    pub fn reload(
+    pub fn reload<E: Into<ReloadError>>(
         &mut self,
-        loaded: Result<(Plan, Vec<Warning>), PlanError>,
+        loaded: Result<(Plan, Vec<Warning>), E>,
         now: Instant,
     ) -> Result<ReloadSummary, ReloadError> {
-        let result = self.try_reload(loaded, now);
+        let result = self.try_reload(loaded.map_err(Into::into), now);
         let (ok, message) = match &result {
             Ok(summary) => {
                 info!("reload: {summary}");
@@ -51,7 +51,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
 
     fn try_reload(
         &mut self,
-        loaded: Result<(Plan, Vec<Warning>), PlanError>,
+        loaded: Result<(Plan, Vec<Warning>), ReloadError>,
         now: Instant,
     ) -> Result<ReloadSummary, ReloadError> {
         let (plan, warnings) = loaded?;

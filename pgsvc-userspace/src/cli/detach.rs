@@ -222,17 +222,12 @@ fn runs_agent_on(argv: &[String], pin_dir: &Path, default: &Path) -> bool {
 
 fn remove_vip(iface: &str, addr: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
     let cidr = format!("{addr}/{prefix}");
-    let out = std::process::Command::new("ip")
-        .args(["addr", "del", &cidr, "dev", iface])
-        .output()
-        .context("running ip addr del")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
+    if crate::agent::netlink::del_addr_blocking(iface, addr, prefix)
+        .with_context(|| format!("removing VIP {cidr} from {iface}"))?
+    {
         println!("pgsvc detach: VIP {cidr} removed from {iface}");
-    } else if stderr.contains("Cannot assign requested address") {
-        println!("pgsvc detach: VIP {cidr} was not on {iface}");
     } else {
-        bail!("removing VIP {cidr} from {iface} failed: {}", stderr.trim());
+        println!("pgsvc detach: VIP {cidr} was not on {iface}");
     }
     Ok(())
 }

@@ -101,6 +101,15 @@ pub struct RunArgs {
     /// local address; without it, pgsvc refuses to start and names the port and the process.
     #[arg(long)]
     pub takeover: bool,
+    /// Own the cluster's VIP in place of vip-manager: add `pg_vip_address` to --iface only while
+    /// this node's member holds Patroni's leader key, with gratuitous ARP, and remove it when the
+    /// key leaves (needs the DCS). Leave off while vip-manager runs.
+    #[arg(long, conflicts_with = "vip")]
+    pub own_vip: bool,
+    /// With --own-vip: how long a VIP is kept while etcd does not answer (Patroni's `ttl`; after
+    /// it the leader key has expired and another member may hold it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub vip_ttl: u64,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -184,6 +193,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         cgroup: args.cgroup,
         takeover: args.takeover,
+        own_vip: args
+            .own_vip
+            .then(|| Duration::from_secs(args.vip_ttl.max(1))),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(agent::WORKER_THREADS)
