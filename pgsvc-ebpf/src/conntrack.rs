@@ -199,7 +199,7 @@ fn admit(
     let snat_port = if local {
         0
     } else {
-        match snat::alloc_port(cfg, be, &rev, t) {
+        match snat::alloc_port(cfg, be, &rev) {
             snat::Alloc::Port(port) => port,
             snat::Alloc::Retry => return Err(Reason::DropSnatExhausted),
             snat::Alloc::Refuse => return Err(Reason::RstSnatExhausted),
