@@ -161,11 +161,13 @@ fn admit(
     let rt = SVC_RUNTIME
         .get_ptr_mut(svc_id)
         .ok_or(Reason::DropNoBackend)?;
-    // SAFETY: array map value; `conns` is only modified atomically.
-    let opened = unsafe { atomic::load_i64(&raw const (*rt).conns) };
-    let open = open_conns(opened, SVC_RELEASED.get(svc_id).copied().unwrap_or(0));
-    if svc.maxconn != 0 && open >= u64::from(svc.maxconn) {
-        return Err(Reason::DropServiceMaxconn);
+    if svc.maxconn != 0 {
+        // SAFETY: array map value; `conns` is only modified atomically.
+        let opened = unsafe { atomic::load_i64(&raw const (*rt).conns) };
+        let open = open_conns(opened, SVC_RELEASED.get(svc_id).copied().unwrap_or(0));
+        if open >= u64::from(svc.maxconn) {
+            return Err(Reason::DropServiceMaxconn);
+        }
     }
     let set_idx = svc_id * GENERATIONS + (svc.generation & 1);
     let set = SVC_TABLE.get(set_idx).ok_or(Reason::DropNoBackend)?;
