@@ -6,8 +6,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use pgsvc_common::{
-    Action, BE_F_LOCAL, BE_F_UP, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev, Reason,
-    SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_SYN, open_conns,
+    Action, Algorithm, BE_F_LOCAL, BE_F_UP, Config, Flow, FlowKey, GENERATIONS, NatKey, NatRev,
+    Reason, SVC_F_ACTIVE, SVC_F_SHUTDOWN_SESSIONS, ServiceState, TCP_F_SYN, open_conns,
 };
 use pgsvc_ebpf::hash;
 
@@ -161,15 +161,22 @@ fn admit(
     let rt = SVC_RUNTIME
         .get_ptr_mut(svc_id)
         .ok_or(Reason::DropNoBackend)?;
-    // SAFETY: array map value; `conns` is only modified atomically.
-    let opened = unsafe { atomic::load_i64(&raw const (*rt).conns) };
-    let open = open_conns(opened, SVC_RELEASED.get(svc_id).copied().unwrap_or(0));
-    if svc.maxconn != 0 && open >= u64::from(svc.maxconn) {
-        return Err(Reason::DropServiceMaxconn);
+    if svc.maxconn != 0 {
+        // SAFETY: array map value; `conns` is only modified atomically.
+        let opened = unsafe { atomic::load_i64(&raw const (*rt).conns) };
+        let open = open_conns(opened, SVC_RELEASED.get(svc_id).copied().unwrap_or(0));
+        if open >= u64::from(svc.maxconn) {
+            return Err(Reason::DropServiceMaxconn);
+        }
     }
     let set_idx = svc_id * GENERATIONS + (svc.generation & 1);
     let set = SVC_TABLE.get(set_idx).ok_or(Reason::DropNoBackend)?;
-    let h = hash::flow4(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport);
+    // Only Maglev hashes the flow.
+    let h = if svc.algorithm == Algorithm::Maglev as u32 {
+        hash::flow4(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport)
+    } else {
+        0
+    };
     let backend_id = select::pick(svc.algorithm, set, rt, h)?;
     let be = BACKENDS.get(backend_id).ok_or(Reason::DropNoBackend)?;
     let local = be.flags & BE_F_LOCAL != 0;
@@ -187,8 +194,8 @@ fn admit(
         client_port: pkt.sport,
         vport: pkt.dport,
         client_ifindex: ctx.ingress_ifindex() as u32,
-        client_mac,
-        lb_mac,
+        client_mac: xmit::mac_bytes(client_mac),
+        lb_mac: xmit::mac_bytes(lb_mac),
         backend_id,
         svc_id,
         backend_flags: 0,
@@ -199,7 +206,7 @@ fn admit(
     let snat_port = if local {
         0
     } else {
-        match snat::alloc_port(cfg, be, &rev, t) {
+        match snat::alloc_port(cfg, be, &rev) {
             snat::Alloc::Port(port) => port,
             snat::Alloc::Retry => return Err(Reason::DropSnatExhausted),
             snat::Alloc::Refuse => return Err(Reason::RstSnatExhausted),
@@ -332,8 +339,8 @@ fn to_client(ctx: &XdpContext, pkt: &Pkt, rev: &NatRev) -> Result<Verdict, Reaso
         dport: rev.client_port,
     };
     let hop = xmit::Hop {
-        dst: rev.client_mac,
-        src: rev.lb_mac,
+        dst: xmit::mac(&rev.client_mac),
+        src: xmit::mac(&rev.lb_mac),
         ifindex: rev.client_ifindex,
     };
     stats::count_out(rev.svc_id, rev.backend_id, pkt.payload_len);

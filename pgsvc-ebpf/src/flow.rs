@@ -24,22 +24,19 @@ pub fn now() -> u64 {
     CONFIG.get(0).map_or(0, |c| c.now_ns)
 }
 
+/// The `TCP_F_*` bits of a TCP flags byte, without branches.
 #[inline(always)]
 fn tcp_bits(flags: u8) -> u8 {
-    let mut b = 0;
-    if flags & TH_SYN != 0 {
-        b |= TCP_F_SYN;
-    }
-    if flags & TH_ACK != 0 {
-        b |= TCP_F_ACK;
-    }
-    if flags & TH_FIN != 0 {
-        b |= TCP_F_FIN;
-    }
-    if flags & TH_RST != 0 {
-        b |= TCP_F_RST;
-    }
-    b
+    const _: () = assert!(
+        TH_SYN >> 1 == TCP_F_SYN
+            && TH_ACK >> 3 == TCP_F_ACK
+            && TH_FIN << 2 == TCP_F_FIN
+            && TH_RST << 1 == TCP_F_RST
+    );
+    ((flags & TH_SYN) >> 1)
+        | ((flags & TH_ACK) >> 3)
+        | ((flags & TH_FIN) << 2)
+        | ((flags & TH_RST) << 1)
 }
 
 /// Records activity on one direction of a flow, writing only what changed (an established flow's

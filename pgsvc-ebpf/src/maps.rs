@@ -66,6 +66,16 @@ pub static FLOWS_PENDING: LruHashMap<FlowKey, Flow> =
 pub static NAT_REV: HashMap<NatKey, NatRev> =
     HashMap::pinned(nat_rev_capacity(DEFAULT_MAX_FLOWS), 0);
 
+/// Slots of [`SNAT_CURSOR`] (a power of two).
+pub const SNAT_CURSOR_SLOTS: u32 = 4096;
+
+/// SNAT allocation cursors (see snat.rs): per destination slot (a hash of the server's address and
+/// port), the offset into the port range after the last port given, plus one (0 = not started).
+/// An array read costs a few instructions where the reverse-table entry that held the cursor
+/// before cost a hash lookup per SYN. Not pinned: a new program starts new cursors, at random.
+#[map]
+pub static SNAT_CURSOR: Array<u32> = Array::with_max_entries(SNAT_CURSOR_SLOTS, 0);
+
 /// Per-CPU traffic counters per service.
 #[map]
 pub static SVC_STATS: PerCpuArray<TrafficStats> = PerCpuArray::pinned(MAX_SERVICES, 0);

@@ -1,15 +1,14 @@
 //! Address and port translation with incremental checksum updates (RFC 1624): an address change goes
 //! into both the IP and the TCP checksum (pseudo-header), a port change into TCP only.
 
-use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 use pgsvc_common::Reason;
-use pgsvc_ebpf::csum::{replace16, replace32};
+use pgsvc_ebpf::csum::{apply, diff16, diff32};
 
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
     Verdict,
-    parse::{Pkt, ptr_at},
+    parse::{Ip4, Pkt, Tcp4, ptr_at},
     xmit::{self, Hop},
 };
 
@@ -23,25 +22,19 @@ pub struct Tuple {
 
 #[inline(always)]
 pub fn xlate_v4(ctx: &XdpContext, pkt: &Pkt, to: &Tuple) -> Result<(), Reason> {
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3)?;
-    let th: *mut TcpHdr = ptr_at(ctx, pkt.l4)?;
+    let ip: *mut Ip4 = ptr_at(ctx, pkt.l3)?;
+    let th: *mut Tcp4 = ptr_at(ctx, pkt.l4)?;
+    // The addresses are in the IPv4 header and in TCP's pseudo-header: one difference for both.
+    let addrs = diff32(diff32(0, pkt.saddr, to.saddr), pkt.daddr, to.daddr);
+    let ports = diff16(diff16(addrs, pkt.sport, to.sport), pkt.dport, to.dport);
     // SAFETY: both headers were bounds-checked by `ptr_at` above.
     unsafe {
-        let mut check = u16::from_ne_bytes((*ip).check);
-        check = replace32(check, pkt.saddr, to.saddr);
-        check = replace32(check, pkt.daddr, to.daddr);
-        (*ip).check = check.to_ne_bytes();
-        (*ip).src_addr = to.saddr.to_ne_bytes();
-        (*ip).dst_addr = to.daddr.to_ne_bytes();
-
-        let mut check = u16::from_ne_bytes((*th).check);
-        check = replace32(check, pkt.saddr, to.saddr);
-        check = replace32(check, pkt.daddr, to.daddr);
-        check = replace16(check, pkt.sport, to.sport);
-        check = replace16(check, pkt.dport, to.dport);
-        (*th).check = check.to_ne_bytes();
-        (*th).source = to.sport.to_ne_bytes();
-        (*th).dest = to.dport.to_ne_bytes();
+        (*ip).check = apply((*ip).check, addrs);
+        (*ip).saddr = to.saddr;
+        (*ip).daddr = to.daddr;
+        (*th).check = apply((*th).check, ports);
+        (*th).sport = to.sport;
+        (*th).dport = to.dport;
     }
     Ok(())
 }

@@ -14,18 +14,12 @@ use pgsvc_common::Reason;
 use crate::{
     maps::{LOCAL_ADDRS, LOCAL_SCOPE},
     parse::Pkt,
-    xmit,
+    xmit::{self, Mac},
 };
 
 #[inline(always)]
-fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
-    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]))
-        == 0
-}
-
-#[inline(always)]
-fn is_zero(m: &[u8; 6]) -> bool {
-    (m[0] | m[1] | m[2] | m[3] | m[4] | m[5]) == 0
+fn mac_eq(a: &Mac, b: &Mac) -> bool {
+    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2])) == 0
 }
 
 /// `Err(PassNotLocal)` unless the frame is addressed to this node (see the module comment). Nothing
@@ -34,8 +28,9 @@ fn is_zero(m: &[u8; 6]) -> bool {
 pub fn require_local(ctx: &XdpContext, pkt: &Pkt) -> Result<(), Reason> {
     let scope = LOCAL_SCOPE.get(0).ok_or(Reason::PassNotLocal)?;
     let (_, dst) = xmit::frame_macs(ctx)?;
-    let ours = (!is_zero(&scope.if_mac) && mac_eq(&dst, &scope.if_mac))
-        || (!is_zero(&scope.vip_mac) && mac_eq(&dst, &scope.vip_mac));
+    let (if_mac, vip_mac) = (xmit::mac(&scope.if_mac), xmit::mac(&scope.vip_mac));
+    let ours = (!xmit::is_zero(&if_mac) && mac_eq(&dst, &if_mac))
+        || (!xmit::is_zero(&vip_mac) && mac_eq(&dst, &vip_mac));
     if !ours {
         return Err(Reason::PassNotLocal);
     }

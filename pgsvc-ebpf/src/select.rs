@@ -141,9 +141,11 @@ fn usable_conns(id: u32) -> Option<u64> {
     Some(conns)
 }
 
+/// Whether a backend is at its maxconn; its counters are read only when it has one.
 #[inline(always)]
 fn backend_full(id: u32) -> bool {
-    usable_conns(id).is_none()
+    let maxconn = BACKENDS.get(id).map(|b| b.maxconn).unwrap_or(0);
+    maxconn != 0 && active_conns(id) >= u64::from(maxconn)
 }
 
 /// Adds `delta` to a backend's connection count.

@@ -1,9 +1,11 @@
 //! SNAT port allocation: the source port a translated connection uses toward its backend.
 //!
 //! A port is held by the `NAT_REV` entry `(backend, SNAT address, port)`; claiming one is inserting
-//! that entry. Each SYN probes up to `SNAT_TRIES` ports: half in order from a per-destination cursor
-//! (so ports are reused in the order they were released), half at random from a seed of its own (so
-//! a retransmitted SYN tries other ports than the one before it). The probe sequence and the reuse
+//! that entry (an insert that finds the port taken fails without side effects: the table is a plain
+//! hash map, so no lookup precedes it). Each SYN probes up to `SNAT_TRIES` ports: half in order from
+//! a per-destination cursor (`SNAT_CURSOR`; so ports are reused in the order they were released),
+//! half at random from a seed of its own (so a retransmitted SYN tries other ports than the one
+//! before it), drawn only when the ordered probes found nothing. The probe sequence and the reuse
 //! rules are in `pgsvc_ebpf::snat`, unit-tested on the host.
 //!
 //! **Reuse (TIME_WAIT-like).** The agent's GC frees a closed flow's port ≈ 10 s after its close; when
@@ -37,11 +39,14 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use pgsvc_common::{Backend, Config, Flow, FlowKey, NatKey, NatRev, SNAT_TRIES};
-use pgsvc_ebpf::snat::{Holder, REUSE_PROBES, SEQ_PROBES, candidate, holder};
+use pgsvc_ebpf::{
+    hash,
+    snat::{Holder, REUSE_PROBES, SEQ_PROBES, candidate, holder},
+};
 
 use crate::{
     atomic,
-    maps::{FLOWS, FLOWS_PENDING, NAT_REV},
+    maps::{FLOWS, FLOWS_PENDING, NAT_REV, SNAT_CURSOR, SNAT_CURSOR_SLOTS},
 };
 
 /// `last_seen_ns` of a reverse entry being taken over by a CPU: others leave it alone.
@@ -66,14 +71,14 @@ pub enum Alloc {
     Retry,
 }
 
-/// Claims a port toward `be` for the connection described by `rev`; `now` is the agent's clock.
+/// Claims a port toward `be` for the connection described by `rev`.
 ///
 /// Two passes. The first looks for a free port and keeps no state from one probe to the next but
 /// the index, which keeps the verifier's work per probe small. Only when it finds none does the
 /// second look at the first `REUSE_PROBES` ports from the cursor for a finished connection's port
 /// to take over, noting whether one is still cooling down.
 #[inline(always)]
-pub fn alloc_port(cfg: &Config, be: &Backend, rev: &NatRev, now: u64) -> Alloc {
+pub fn alloc_port(cfg: &Config, be: &Backend, rev: &NatRev) -> Alloc {
     let min = u32::from(cfg.snat_port_min);
     let max = u32::from(cfg.snat_port_max);
     if max < min || min == 0 {
@@ -82,34 +87,40 @@ pub fn alloc_port(cfg: &Config, be: &Backend, rev: &NatRev, now: u64) -> Alloc {
     let Some(range) = NonZeroU32::new(max - min + 1) else {
         return Alloc::Refuse;
     };
-    // SAFETY: helper without arguments.
-    let seed = unsafe { bpf_get_prandom_u32() };
-    let Some(cur) = cursor(cfg, be, seed, now) else {
+    let Some(cur) = cursor(be) else {
         return Alloc::Retry;
     };
-    // SAFETY: map value; plain reads and writes, a stale cursor only costs a probe.
-    let c = unsafe { (*cur).client_ifindex } % range;
+    // SAFETY: array value shared between CPUs; plain reads and writes, a stale cursor only costs
+    // a probe.
+    let c = match unsafe { *cur } {
+        // Not started: at a random port.
+        0 => random() % range,
+        at => (at - 1) % range,
+    };
     let key_of = |off: u32| {
         let port = ((min + off) as u16).to_be();
         NatKey::of_packet(be.addr, cfg.snat_addr, be.port, port)
     };
     let mut i = 0;
+    while i < SEQ_PROBES {
+        let off = candidate(c, 0, i, range);
+        let key = key_of(off);
+        i += 1;
+        if NAT_REV.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+            // SAFETY: as above.
+            unsafe { *cur = off + 2 };
+            return Alloc::Port(key.snat_port);
+        }
+    }
+    let seed = random();
     while i < SNAT_TRIES {
         let off = candidate(c, seed, i, range);
         let key = key_of(off);
-        // After a random probe, the cursor skips the taken run it started on.
-        let next = if i < SEQ_PROBES {
-            off + 1
-        } else {
-            c + SEQ_PROBES
-        };
         i += 1;
-        // Look before inserting: a failed insert into a full LRU map still evicts an entry.
-        if NAT_REV.get_ptr(key).is_none()
-            && NAT_REV.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok()
-        {
+        if NAT_REV.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+            // After a random probe, the cursor skips the taken run it started on.
             // SAFETY: as above.
-            unsafe { advance(cur, next, now) };
+            unsafe { *cur = c + SEQ_PROBES + 1 };
             return Alloc::Port(key.snat_port);
         }
     }
@@ -123,7 +134,7 @@ pub fn alloc_port(cfg: &Config, be: &Backend, rev: &NatRev, now: u64) -> Alloc {
             Holder::Live => {}
             Holder::Reusable if take_over(&key, rev) => {
                 // SAFETY: as above.
-                unsafe { advance(cur, off + 1, now) };
+                unsafe { *cur = off + 2 };
                 return Alloc::Port(key.snat_port);
             }
             _ => cooling = true,
@@ -132,33 +143,18 @@ pub fn alloc_port(cfg: &Config, be: &Backend, rev: &NatRev, now: u64) -> Alloc {
     if cooling { Alloc::Retry } else { Alloc::Refuse }
 }
 
-/// The allocation cursor of a destination: the reverse entry of its port 0 (never a SNAT port,
-/// ranges start at 1), cursor in `client_ifindex`, created at a random port. Every allocation
-/// refreshes its `last_seen_ns`; the agent collects it 5 s after the last, like any entry without a
-/// flow, and the next SYN starts a new one.
 #[inline(always)]
-fn cursor(cfg: &Config, be: &Backend, seed: u32, now: u64) -> Option<*mut NatRev> {
-    let key = NatKey::of_packet(be.addr, cfg.snat_addr, be.port, 0);
-    if let Some(p) = NAT_REV.get_ptr_mut(key) {
-        return Some(p);
-    }
-    let fresh = NatRev {
-        client_ifindex: seed,
-        last_seen_ns: now,
-        ..NatRev::default()
-    };
-    let _ = NAT_REV.insert(key, fresh, u64::from(BPF_NOEXIST));
-    NAT_REV.get_ptr_mut(key)
+fn random() -> u32 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_prandom_u32() }
 }
 
-/// Moves the cursor past the port just given.
+/// The allocation cursor of a destination: its slot in `SNAT_CURSOR`, shared by the destinations
+/// whose hashes collide (a cursor is a hint: sharing one only costs probes).
 #[inline(always)]
-unsafe fn advance(cur: *mut NatRev, next: u32, now: u64) {
-    // SAFETY: the caller passes the cursor entry's value.
-    unsafe {
-        (*cur).client_ifindex = next;
-        (*cur).last_seen_ns = now;
-    }
+fn cursor(be: &Backend) -> Option<*mut u32> {
+    let h = hash::mix64(u64::from(be.addr), u64::from(be.port)) as u32;
+    SNAT_CURSOR.get_ptr_mut(h & (SNAT_CURSOR_SLOTS - 1))
 }
 
 /// Who holds the port of `key` (a free port counts as cooling: it was freed just now).

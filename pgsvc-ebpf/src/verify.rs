@@ -46,17 +46,18 @@ fn sum_region<const MAX: usize>(
         if i >= words {
             break;
         }
-        let w: *const [u8; 4] = ptr_at(ctx, at).ok()?;
+        // One word load (see `parse::Ip4` on unaligned packet access).
+        let w: *const u32 = ptr_at(ctx, at).ok()?;
         // SAFETY: bounds checked by `ptr_at`.
-        sum = add32(sum, u32::from_ne_bytes(unsafe { *w }));
+        sum = add32(sum, unsafe { *w });
         at += 4;
         i += 1;
     }
     let rest = len & 3;
     if rest >= 2 {
-        let w: *const [u8; 2] = ptr_at(ctx, at).ok()?;
+        let w: *const u16 = ptr_at(ctx, at).ok()?;
         // SAFETY: bounds checked by `ptr_at`.
-        sum += u32::from(u16::from_ne_bytes(unsafe { *w }));
+        sum += u32::from(unsafe { *w });
         at += 2;
     }
     if rest & 1 != 0 {

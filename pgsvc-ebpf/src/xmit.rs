@@ -9,7 +9,6 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use network_types::eth::EthHdr;
 use pgsvc_common::{Backend, CFG_F_FIB_FALLBACK, Config, Reason};
 
 use crate::parse::{Pkt, ptr_at};
@@ -17,25 +16,52 @@ use crate::parse::{Pkt, ptr_at};
 const AF_INET: u8 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 
+/// A MAC address as three 16-bit words, as it sits in the frame (native order): copied, compared
+/// and stored with three word accesses instead of six byte accesses.
+pub type Mac = [u16; 3];
+
+/// The Ethernet header as words.
+#[repr(C)]
+struct Eth {
+    dst: Mac,
+    src: Mac,
+    proto: u16,
+}
+
+/// A MAC address field of a map value (`Backend`, `NatRev`, `LocalScope` keep theirs at even
+/// offsets of 8-byte aligned values, so a word read is aligned) or of a copy of one.
+#[inline(always)]
+pub fn mac(m: &[u8; 6]) -> Mac {
+    // SAFETY: `m` is a valid [u8; 6] at an even address (see above); [u16; 3] has the same size.
+    unsafe { core::ptr::read(m.as_ptr().cast::<Mac>()) }
+}
+
+/// The bytes of a MAC address, to store into a map value.
+#[inline(always)]
+pub fn mac_bytes(m: Mac) -> [u8; 6] {
+    // SAFETY: same size, every bit pattern valid.
+    unsafe { core::mem::transmute::<Mac, [u8; 6]>(m) }
+}
+
 /// Where a frame goes next.
 pub struct Hop {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
+    pub dst: Mac,
+    pub src: Mac,
     /// 0 = the ingress interface.
     pub ifindex: u32,
 }
 
 #[inline(always)]
-fn is_zero(mac: &[u8; 6]) -> bool {
-    (mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]) == 0
+pub fn is_zero(mac: &Mac) -> bool {
+    (mac[0] | mac[1] | mac[2]) == 0
 }
 
 /// The MACs the client's frame carried: (source = previous hop, destination = us).
 #[inline(always)]
-pub fn frame_macs(ctx: &XdpContext) -> Result<([u8; 6], [u8; 6]), Reason> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+pub fn frame_macs(ctx: &XdpContext) -> Result<(Mac, Mac), Reason> {
+    let eth: *const Eth = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by `ptr_at`.
-    unsafe { Ok(((*eth).src_addr, (*eth).dst_addr)) }
+    unsafe { Ok(((*eth).src, (*eth).dst)) }
 }
 
 /// Next hop toward a backend: the agent-resolved MAC, else the kernel's FIB, else none (the caller drops it).
@@ -46,15 +72,14 @@ pub fn hop_to_backend(
     be: &Backend,
     pkt: &Pkt,
 ) -> Result<Hop, Reason> {
-    let (_, our_mac) = frame_macs(ctx)?;
-    if !is_zero(&be.next_hop_mac) {
-        let src = if is_zero(&be.src_mac) {
-            our_mac
-        } else {
-            be.src_mac
+    let next_hop = mac(&be.next_hop_mac);
+    if !is_zero(&next_hop) {
+        let src = match mac(&be.src_mac) {
+            m if is_zero(&m) => frame_macs(ctx)?.1,
+            m => m,
         };
         return Ok(Hop {
-            dst: be.next_hop_mac,
+            dst: next_hop,
             src,
             ifindex: be.ifindex,
         });
@@ -82,19 +107,19 @@ fn fib_hop(ctx: &XdpContext, saddr: u32, daddr: u32, pkt: &Pkt) -> Result<Hop, R
         return Err(Reason::DropNoNextHop);
     }
     Ok(Hop {
-        dst: p.dmac,
-        src: p.smac,
+        dst: mac(&p.dmac),
+        src: mac(&p.smac),
         ifindex: p.ifindex,
     })
 }
 
 #[inline(always)]
-pub fn set_macs(ctx: &XdpContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Reason> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+pub fn set_macs(ctx: &XdpContext, dst: &Mac, src: &Mac) -> Result<(), Reason> {
+    let eth: *mut Eth = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by `ptr_at`.
     unsafe {
-        (*eth).dst_addr = *dst;
-        (*eth).src_addr = *src;
+        (*eth).dst = *dst;
+        (*eth).src = *src;
     }
     Ok(())
 }
