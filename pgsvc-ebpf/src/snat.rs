@@ -134,8 +134,9 @@ pub fn alloc_port(cfg: &Config, be: &Backend, rev: &NatRev, now: u64) -> Alloc {
 
 /// The allocation cursor of a destination: the reverse entry of its port 0 (never a SNAT port,
 /// ranges start at 1), cursor in `client_ifindex`, created at a random port. Every allocation
-/// refreshes its `last_seen_ns`; the agent collects it 5 s after the last, like any entry without a
-/// flow, and the next SYN starts a new one.
+/// refreshes its `last_seen_ns`; the agent collects it 65 s after the last (longer than the 60 s a
+/// server holds a 4-tuple it closed first in TIME_WAIT, see datapath/xdp/flows.rs), and the next
+/// SYN starts a new one.
 #[inline(always)]
 fn cursor(cfg: &Config, be: &Backend, seed: u32, now: u64) -> Option<*mut NatRev> {
     let key = NatKey::of_packet(be.addr, cfg.snat_addr, be.port, 0);
