@@ -1110,7 +1110,7 @@ fn half_open_expiry_leaves_the_session_counters_alone() {
     assert_eq!(
         r.table("nat_rev"),
         1,
-        "reverse entries of the half-open flows gone"
+        "reverse entries of the half-open flows gone (the established flow's stays)"
     );
     let (action, _) = r.run(&Tcp::new((CLIENT, 36100), (VIP, 5433), PSH | ACK).frame());
     assert_eq!(action, XDP_TX);
@@ -1415,4 +1415,40 @@ fn ports_of_finished_connections_are_reused_after_half_a_second_of_quiet() {
     assert_eq!(action, XDP_TX);
     assert_eq!(parse_verified(&out).expect("RST").flags, RST | ACK);
     assert_eq!(r.reason(Reason::RstSnatExhausted), 1);
+}
+
+#[test]
+fn snat_ports_after_an_idle_server_follow_the_last_one_given_not_a_random_start() {
+    use pgsvc::datapath::Timeouts;
+    let Some(mut r) = snat_rig("snat_cursor_kept", 41000..=41999) else {
+        return;
+    };
+    let next_of = |p: u16| 41000 + (p - 41000 + 1) % 1000;
+    let first: Vec<u16> = (0..3).map(|i| r.open_and_close(44000 + i)).collect();
+    assert_eq!(
+        (first[1], first[2]),
+        (next_of(first[0]), next_of(first[1])),
+        "in order from the cursor: {first:?}"
+    );
+    // The server then takes no connection for a while (a replica, until a switchover promotes
+    // it): the GC collects the finished connections' ports, but the allocation cursor (its own
+    // array slot, which the GC never collects) stays. A new cursor would start at a random port, maybe one the server still holds in TIME_WAIT from a
+    // connection it closed first; a SYN reaching that state from another client port (another
+    // timestamp and sequence) is often answered with an ACK of the old connection, and the
+    // client loses its first SYN, often a whole second: the writes that failed one at a time
+    // after recovering from a switchover in the 100-switchover soak.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Timeouts {
+        syn_ns: 0,
+        closing_ns: 0,
+        idle_ns: 3600 * 1_000_000_000,
+    };
+    let report = r.dp.gc(&t).expect("gc");
+    assert_eq!(r.table("nat_rev"), 0, "the ports are free: {report:?}");
+    let next: Vec<u16> = (0..2).map(|i| r.open_and_close(44010 + i)).collect();
+    assert_eq!(
+        next,
+        vec![next_of(first[2]), next_of(next_of(first[2]))],
+        "the ports after the last one given ({first:?}), not at random"
+    );
 }

@@ -26,6 +26,17 @@ type FlowMap = HashMap<MapData, FlowKey, Flow>;
 /// evicted half-open flow refreshes it at most every few seconds).
 const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
 
+/// A destination's SNAT allocation cursor (its port-0 reverse entry) is kept this long after its
+/// last allocation. Once it is gone, the next SYN toward that server starts a new cursor at a
+/// random port, which may be one the server still holds in TIME_WAIT from a connection it closed
+/// first (Linux keeps that for 60 s, a constant): the new SYN reaches that state with its own
+/// client's timestamp and sequence (both random per 4-tuple), so the server often answers it with
+/// an ACK of the old connection, and the client loses its first SYN, often its first second.
+/// Kept past those 60 s (plus the agent clock's lag), the cursor goes on after the last port it
+/// gave, where the ports released longest ago are: a server that took no connection for a while
+/// (a replica becoming primary in a switchover) gets its ports in order again, not at random.
+const CURSOR_GRACE_NS: u64 = 65_000_000_000;
+
 fn entries(map: &FlowMap) -> Vec<(FlowKey, Flow)> {
     map.iter().filter_map(Result::ok).collect()
 }
@@ -213,10 +224,10 @@ impl XdpDatapath {
     }
 
     /// Reverse entries whose flow is gone: a pending flow the LRU evicted (a SYN flood), or a race
-    /// with the datapath's own removal. Kept `grace_ns` after their last packet, like a
-    /// destination's SNAT allocation cursor (port 0) after its last allocation, which counts
-    /// neither as an orphan nor as a port. Recounts the SNAT ports held per backend from what
-    /// remains (local members' entries hold no SNAT port).
+    /// with the datapath's own removal. Kept `grace_ns` after their last packet. A destination's
+    /// SNAT allocation cursor (port 0) is kept [`CURSOR_GRACE_NS`] after its last allocation and
+    /// counts neither as an orphan nor as a port. Recounts the SNAT ports held per backend from
+    /// what remains (local members' entries hold no SNAT port).
     fn collect_orphans(&mut self, now: u64, grace_ns: u64) -> usize {
         let revs: Vec<(NatKey, NatRev)> = self.maps.nat_rev.iter().filter_map(Result::ok).collect();
         let mut n = 0;
@@ -224,7 +235,8 @@ impl XdpDatapath {
         for (k, r) in revs {
             let cursor = Self::is_snat_cursor(&k);
             let fk = keys::flow_key_of(&r);
-            if now.saturating_sub(r.last_seen_ns.max(self.started_ns)) > grace_ns
+            let grace = if cursor { CURSOR_GRACE_NS } else { grace_ns };
+            if now.saturating_sub(r.last_seen_ns.max(self.started_ns)) > grace
                 && self.maps.flows.get(&fk, 0).is_err()
                 && self.maps.flows_pending.get(&fk, 0).is_err()
                 && self.maps.nat_rev.remove(&k).is_ok()
