@@ -5,13 +5,17 @@
 //! servers that leave or change address lose their flows, and going DOWN flushes flows by the one
 //! shutdown rule, [`crate::balance::sessions_to_shutdown`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use pgsvc_common::Reason;
 use thiserror::Error;
 
 use super::api::{
-    BackendSpec, Datapath, GcReport, LocalScope, ServiceSpec, Timeouts, TrafficStats,
+    BackendSpec, Datapath, GcReport, LocalScope, ResetCount, ResetScope, ServiceSpec, Timeouts,
+    TrafficStats,
 };
 use crate::balance::sessions_to_shutdown;
 
@@ -25,6 +29,7 @@ pub enum Op {
     Gc,
     RefreshNextHops,
     ReleaseUnclaimed,
+    Reset,
 }
 
 /// One recorded call (or consequence of one: `Flush` is a server's flows being removed).
@@ -50,6 +55,16 @@ pub enum Call {
     Gc,
     RefreshNextHops,
     ReleaseUnclaimed,
+    /// An active reset of a server's sessions (`conns` of them).
+    Reset {
+        service: String,
+        server: String,
+        conns: u64,
+    },
+    /// An active reset of the flows to a service address.
+    ResetAddr {
+        addr: Ipv4Addr,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -87,6 +102,9 @@ pub struct FakeDatapath {
     pub local_scope: Option<LocalScope>,
     /// SNAT ports held, by (service, server) (injected by the test).
     pub snat_ports: BTreeMap<(String, String), u64>,
+    /// Open connections through one service address, by (address, service, server) (injected by
+    /// the test with [`FakeDatapath::open_at`]; also counted in the server's `conns`).
+    pub addr_conns: BTreeMap<(Ipv4Addr, String, String), u64>,
 }
 
 impl Default for FakeDatapath {
@@ -100,6 +118,7 @@ impl Default for FakeDatapath {
             max_flows: 1024,
             local_scope: None,
             snat_ports: BTreeMap::new(),
+            addr_conns: BTreeMap::new(),
         }
     }
 }
@@ -131,6 +150,32 @@ impl FakeDatapath {
         if let Some(s) = self.services.get_mut(service) {
             s.conns.insert(server.to_owned(), conns);
         }
+    }
+
+    /// `conns` more connections of one server, made through the service address `addr`.
+    pub fn open_at(&mut self, addr: Ipv4Addr, service: &str, server: &str, conns: u64) {
+        let n = self.conns(service, server) + conns;
+        self.open(service, server, n);
+        *self
+            .addr_conns
+            .entry((addr, service.to_owned(), server.to_owned()))
+            .or_default() += conns;
+    }
+
+    /// Every active reset, as (service, server, sessions), oldest first.
+    #[must_use]
+    pub fn resets(&self) -> Vec<(String, String, u64)> {
+        self.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Reset {
+                    service,
+                    server,
+                    conns,
+                } => Some((service.clone(), server.clone(), *conns)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Open connections of one server, 0 when unknown.
@@ -181,6 +226,7 @@ impl FakeDatapath {
                         | (Op::Gc, Call::Gc)
                         | (Op::RefreshNextHops, Call::RefreshNextHops)
                         | (Op::ReleaseUnclaimed, Call::ReleaseUnclaimed)
+                        | (Op::Reset, Call::Reset { .. } | Call::ResetAddr { .. })
                 )
             })
             .count()
@@ -392,6 +438,60 @@ impl Datapath for FakeDatapath {
         let changed = self.local_scope.as_ref() != Some(scope);
         self.local_scope = Some(scope.clone());
         Ok(changed)
+    }
+
+    fn reset_sessions(&mut self, scope: &ResetScope<'_>) -> Result<Vec<ResetCount>, FakeError> {
+        let victims: Vec<(String, String, u64)> = match scope {
+            ResetScope::Servers { service, servers } => {
+                self.check(Op::Reset, service)?;
+                let svc = self.service(service)?;
+                servers
+                    .iter()
+                    .map(|srv| {
+                        let n = svc.conns.get(srv).copied().unwrap_or(0);
+                        ((*service).to_owned(), srv.clone(), n)
+                    })
+                    .collect()
+            }
+            ResetScope::ServiceAddr(addr) => {
+                self.calls.push(Call::ResetAddr { addr: *addr });
+                self.check(Op::Reset, "")?;
+                let keys: Vec<_> = self
+                    .addr_conns
+                    .keys()
+                    .filter(|(a, _, _)| a == addr)
+                    .cloned()
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| self.addr_conns.remove(&k).map(|n| (k.1, k.2, n)))
+                    .collect()
+            }
+        };
+        let mut out = Vec::new();
+        for (service, server, n) in victims.into_iter().filter(|v| v.2 > 0) {
+            if let Some(c) = self
+                .services
+                .get_mut(&service)
+                .and_then(|s| s.conns.get_mut(&server))
+            {
+                *c = c.saturating_sub(n);
+            }
+            self.addr_conns.retain(|(_, s, v), _| {
+                !(matches!(scope, ResetScope::Servers { .. }) && *s == service && *v == server)
+            });
+            self.calls.push(Call::Reset {
+                service: service.clone(),
+                server: server.clone(),
+                conns: n,
+            });
+            out.push(ResetCount {
+                service,
+                server,
+                flows: n,
+                ..ResetCount::default()
+            });
+        }
+        Ok(out)
     }
 
     fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, FakeError> {
