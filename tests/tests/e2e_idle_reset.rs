@@ -2,6 +2,9 @@
 //! idle (it sends nothing) across a switchover. pgsvc must reset it as soon as the leader key moves
 //! — not at its next query — and a new session must land on the new primary.
 //!
+//! pgbouncer pools by transaction, as Pigsty configures it: the idle session holds no server
+//! connection, so nothing but the load balancer ends it when the old primary steps down.
+//!
 //! The test watches psql's own socket: it takes a duplicate of psql's descriptor (`pidfd_getfd`)
 //! and blocks in poll(2) on it, so the moment the RST arrives is measured on the client's socket
 //! itself, without a byte sent. The key's move is taken from pgsvc's log (the line it writes when
@@ -85,10 +88,11 @@ fn wait_for_reset(fd: &OwnedFd, limit: Duration) -> Result<f64, String> {
     }
 }
 
-/// Epoch of the first pgsvc log line after `after` containing every one of `needles`.
-fn log_time(log: &str, after: f64, needles: &[&str]) -> Option<(f64, String)> {
+/// Epoch of the first pgsvc log line after `after` containing every one of `needles` and not
+/// `unless`.
+fn log_time(log: &str, after: f64, needles: &[&str], unless: &str) -> Option<(f64, String)> {
     log.lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .filter(|l| needles.iter().all(|n| l.contains(n)) && !l.contains(unless))
         .filter_map(|l| {
             Some((
                 parse_rfc3339_utc(l.split_whitespace().next()?)?,
@@ -103,6 +107,12 @@ fn e2e_an_idle_session_is_reset_when_the_leader_key_moves() {
     if !require_sandbox("e2e_an_idle_session_is_reset_when_the_leader_key_moves") {
         return;
     }
+    // Pigsty's pgbouncer pools by transaction: an idle client holds no server connection, so the
+    // demoting primary's shutdown does not end its session — only the load balancer can. (The
+    // sandbox defaults to session pooling, where postgres's shutdown ends it with an error first.)
+    // SAFETY: the only test of this binary sets it before it starts any thread of its own; the
+    // sandbox's commands inherit it.
+    unsafe { std::env::set_var("PGSB_POOL_MODE", "transaction") };
     let mut sb = Sandbox::up().expect("sandbox up");
     let agent = sb.start_pgsvc(&[]).expect("pgsvc run");
     sb.wait_writes(5433, 60)
@@ -157,12 +167,23 @@ fn e2e_an_idle_session_is_reset_when_the_leader_key_moves() {
         panic!("the idle session through 5433 was not reset ({why}); pgsvc log:\n{log}")
     });
     // pgsvc's etcd watch delivered the key's move: the first leader line after the switchover
-    // was issued (the old leader releases the key, then the new one takes it).
-    let (key_t, key_line) = log_time(&log, f.event_t - 1.0, &["follow its holder"])
-        .unwrap_or_else(|| panic!("no leader-key line in pgsvc's log:\n{log}"));
-    let reset_line = log_time(&log, f.event_t - 1.0, &["sessions reset now", old.name])
-        .map(|(_, l)| l)
-        .unwrap_or_else(|| panic!("no reset line for {} in pgsvc's log:\n{log}", old.name));
+    // was issued that no longer names the old leader (it releases the key — `(none)` — and then
+    // the new one takes it).
+    let (key_t, key_line) = log_time(
+        &log,
+        f.event_t - 1.0,
+        &["follow its holder"],
+        &format!("leader=\"{}\"", old.name),
+    )
+    .unwrap_or_else(|| panic!("no leader-key line in pgsvc's log:\n{log}"));
+    let reset_line = log_time(
+        &log,
+        f.event_t - 1.0,
+        &["sessions reset now", old.name],
+        "\0",
+    )
+    .map(|(_, l)| l)
+    .unwrap_or_else(|| panic!("no reset line for {} in pgsvc's log:\n{log}", old.name));
     let delay = reset_t - key_t;
     report(&format!(
         "idle reset: {} -> {}, the idle psql session's socket was reset {:.0} ms after pgsvc saw the key move ({:.2}s after the switchover was issued; promotion {:.2}s; whole switchover {:?})",

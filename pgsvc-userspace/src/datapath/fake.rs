@@ -19,6 +19,8 @@ use super::api::{
 };
 use crate::balance::sessions_to_shutdown;
 
+mod resets;
+
 /// An operation of the trait, to inject failures and to count calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
@@ -150,32 +152,6 @@ impl FakeDatapath {
         if let Some(s) = self.services.get_mut(service) {
             s.conns.insert(server.to_owned(), conns);
         }
-    }
-
-    /// `conns` more connections of one server, made through the service address `addr`.
-    pub fn open_at(&mut self, addr: Ipv4Addr, service: &str, server: &str, conns: u64) {
-        let n = self.conns(service, server) + conns;
-        self.open(service, server, n);
-        *self
-            .addr_conns
-            .entry((addr, service.to_owned(), server.to_owned()))
-            .or_default() += conns;
-    }
-
-    /// Every active reset, as (service, server, sessions), oldest first.
-    #[must_use]
-    pub fn resets(&self) -> Vec<(String, String, u64)> {
-        self.calls
-            .iter()
-            .filter_map(|c| match c {
-                Call::Reset {
-                    service,
-                    server,
-                    conns,
-                } => Some((service.clone(), server.clone(), *conns)),
-                _ => None,
-            })
-            .collect()
     }
 
     /// Open connections of one server, 0 when unknown.
@@ -441,57 +417,7 @@ impl Datapath for FakeDatapath {
     }
 
     fn reset_sessions(&mut self, scope: &ResetScope<'_>) -> Result<Vec<ResetCount>, FakeError> {
-        let victims: Vec<(String, String, u64)> = match scope {
-            ResetScope::Servers { service, servers } => {
-                self.check(Op::Reset, service)?;
-                let svc = self.service(service)?;
-                servers
-                    .iter()
-                    .map(|srv| {
-                        let n = svc.conns.get(srv).copied().unwrap_or(0);
-                        ((*service).to_owned(), srv.clone(), n)
-                    })
-                    .collect()
-            }
-            ResetScope::ServiceAddr(addr) => {
-                self.calls.push(Call::ResetAddr { addr: *addr });
-                self.check(Op::Reset, "")?;
-                let keys: Vec<_> = self
-                    .addr_conns
-                    .keys()
-                    .filter(|(a, _, _)| a == addr)
-                    .cloned()
-                    .collect();
-                keys.into_iter()
-                    .filter_map(|k| self.addr_conns.remove(&k).map(|n| (k.1, k.2, n)))
-                    .collect()
-            }
-        };
-        let mut out = Vec::new();
-        for (service, server, n) in victims.into_iter().filter(|v| v.2 > 0) {
-            if let Some(c) = self
-                .services
-                .get_mut(&service)
-                .and_then(|s| s.conns.get_mut(&server))
-            {
-                *c = c.saturating_sub(n);
-            }
-            self.addr_conns.retain(|(_, s, v), _| {
-                !(matches!(scope, ResetScope::Servers { .. }) && *s == service && *v == server)
-            });
-            self.calls.push(Call::Reset {
-                service: service.clone(),
-                server: server.clone(),
-                conns: n,
-            });
-            out.push(ResetCount {
-                service,
-                server,
-                flows: n,
-                ..ResetCount::default()
-            });
-        }
-        Ok(out)
+        self.reset_now(scope)
     }
 
     fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, FakeError> {
