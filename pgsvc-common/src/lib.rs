@@ -12,7 +12,7 @@
 use core::mem::size_of;
 
 /// Bumped on any change of a pinned map's key or value layout.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Number of service ids (`SVC_STATE`, per-service stats).
 pub const MAX_SERVICES: u32 = 256;
@@ -368,8 +368,13 @@ pub struct Flow {
     /// Last packet from the client, by `Config::now_ns` (CLOCK_MONOTONIC, coarse), refreshed
     /// at most once a second.
     pub last_seen_ns: u64,
+    /// The sequence number the client sends next (host order): the highest `seq + payload + SYN +
+    /// FIN` of its forwarded packets, so that the agent can reset an idle connection at once with
+    /// a RST the backend accepts (ABI 3). The backend's side is in [`NatRev::backend_next_seq`].
+    pub client_next_seq: u32,
+    pub _pad1: u32,
 }
-const _: () = assert!(size_of::<Flow>() == 40);
+const _: () = assert!(size_of::<Flow>() == 48);
 
 impl Flow {
     /// Delivered to a local member (no SNAT port: SNAT ports are never 0).
@@ -451,8 +456,13 @@ pub struct NatRev {
     pub _pad: [u8; 3],
     /// Last packet from the backend (as `Flow::last_seen_ns`).
     pub last_seen_ns: u64,
+    /// The sequence number the backend sends next (host order), as [`Flow::client_next_seq`]:
+    /// what a RST to the client must carry. Kept here, where the reverse path already writes,
+    /// so that no packet pays a second lookup (ABI 3).
+    pub backend_next_seq: u32,
+    pub _pad1: u32,
 }
-const _: () = assert!(size_of::<NatRev>() == 48);
+const _: () = assert!(size_of::<NatRev>() == 56);
 
 impl NatRev {
     /// The forward flow this reverse entry belongs to.

@@ -108,6 +108,7 @@ fn established(
         return Ok(v);
     }
     flow::touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
+    flow::track_seq(&mut flow.client_next_seq, pkt);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {
         // Translated before the flow is removed or moved (no copy of it on the stack).
         let v = flow::send_to_backend(ctx, pkt, cfg, be, flow, Reason::FwdEstablished);
@@ -201,6 +202,8 @@ fn admit(
         backend_flags: 0,
         _pad: [0; 3],
         last_seen_ns: t,
+        backend_next_seq: 0,
+        _pad1: 0,
     };
     // A local flow holds no SNAT port: it stays out of the allocator.
     let snat_port = if local {
@@ -223,6 +226,8 @@ fn admit(
         _pad0: [0; 3],
         closing: 0,
         last_seen_ns: t,
+        client_next_seq: pkt.seq.wrapping_add(1),
+        _pad1: 0,
     };
     if FLOWS_PENDING
         .insert(key, flow, u64::from(BPF_NOEXIST))
@@ -321,6 +326,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Pkt) -> Result<Verdict, Reason> {
     // SAFETY: hash map value, written by this flow's reverse packets only.
     let rev = unsafe { &mut *rev };
     touch_rev(rev, pkt.flags);
+    flow::track_seq(&mut rev.backend_next_seq, pkt);
     if pkt.flags & (TH_FIN | TH_RST) != 0 {
         // The entries may be removed below: work on a copy.
         let r = *rev;

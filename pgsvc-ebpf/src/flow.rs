@@ -56,6 +56,24 @@ pub fn touch(last_seen_ns: &mut u64, seen_flags: &mut u8, tcp_flags: u8) {
     }
 }
 
+/// Records the sequence number a direction of a flow sends next (`seq` + payload + SYN + FIN of
+/// its packet) when it moved forward (wrap-aware), or on a SYN (the first value): retransmissions
+/// and keep-alive probes (one byte before it) never move it back, and a pure ACK leaves the entry
+/// untouched. The agent forges its active resets from it (`Flow::client_next_seq`).
+#[inline(always)]
+pub fn track_seq(next: &mut u32, pkt: &Pkt) {
+    let mut end = pkt.seq.wrapping_add(pkt.payload_len);
+    if pkt.flags & TH_SYN != 0 {
+        end = end.wrapping_add(1);
+    }
+    if pkt.flags & TH_FIN != 0 {
+        end = end.wrapping_add(1);
+    }
+    if pkt.flags & TH_SYN != 0 || (end.wrapping_sub(*next) as i32) > 0 {
+        *next = end;
+    }
+}
+
 /// The reverse entry of the flow `key` → `flow`: keyed by the backend's reply to the SNAT address
 /// for a full-NAT flow, by the local member's reply to the client for a local one.
 #[inline(always)]

@@ -80,6 +80,7 @@ pub fn forward(
         return Ok(v);
     }
     flow::touch(&mut flow.last_seen_ns, &mut flow.client_flags, pkt.flags);
+    flow::track_seq(&mut flow.client_next_seq, pkt);
     let mut reason = Reason::FwdEstablished;
     if pkt.flags & TH_RST != 0 {
         // Reset: nothing of the connection is left to translate. A removed entry's memory may be

@@ -43,6 +43,18 @@ pub struct Status {
     /// `not served: WHY`.
     #[serde(default)]
     pub local_clients: String,
+    /// Sessions reset at once (not at their next packet) since the agent started.
+    #[serde(default)]
+    pub sessions_reset: Vec<SessionsReset>,
+}
+
+/// Sessions of one server reset at once for one reason (`down`, `fenced`, `address_left`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsReset {
+    pub service: String,
+    pub server: String,
+    pub reason: String,
+    pub sessions: u64,
 }
 
 /// One cluster's leader key as the agent sees it.

@@ -3,6 +3,7 @@
 //! skip record that keeps a test that did not run from counting as passed.
 
 pub mod agent_rig;
+pub mod etcd;
 pub mod guard;
 pub mod netns;
 pub mod packet;

@@ -173,5 +173,6 @@ pub(crate) fn sample_status() -> Status {
             ..ProcessStatus::default()
         },
         dcs: Vec::new(),
+        sessions_reset: Vec::new(),
     }
 }

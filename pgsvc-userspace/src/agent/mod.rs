@@ -10,7 +10,7 @@
 //! One concern per file: [`lifecycle`] (the above, and the event loop), [`reconcile`] (inputs →
 //! desired state → diff through the [`crate::datapath::Datapath`] trait), [`reload`] (the plan
 //! diff), [`project`] (the status snapshot), [`checks`] (the health input as a trait), [`fence`]
-//! (write services follow the DCS leader key), [`host`]
+//! (write services follow the DCS leader key), [`resets`] (sessions reset at once), [`host`]
 //! (addresses, VIP, reserved ports), [`netlink`] (address changes and the VIP through rtnetlink),
 //! [`vip`] and [`garp`] (`--own-vip`: the VIP held while this node leads), [`server_state`] (DRAIN
 //! and MAINT set by the operator) and
@@ -28,6 +28,7 @@ pub mod netlink;
 pub mod project;
 pub mod reconcile;
 pub mod reload;
+pub mod resets;
 pub mod server_state;
 pub mod state_file;
 #[cfg(test)]

@@ -121,6 +121,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             },
             process,
             dcs: self.dcs_status(now),
+            sessions_reset: self.resets.status(),
         };
         match self.status.write() {
             Ok(mut s) => *s = snapshot,
@@ -211,7 +212,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                     sessions_total: st.new_flows,
                     bytes_in: st.bytes_in,
                     bytes_out: st.bytes_out,
-                    rst_sent: st.rst_sent,
+                    rst_sent: st.rst_sent + self.resets.of(&svc.name, Some(&srv.name)),
                     peaks: Peaks::next(
                         prev.and_then(|p| p.servers.iter().find(|v| v.name == srv.name))
                             .map(|v| &v.peaks),
@@ -255,7 +256,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             sessions_total: stats.new_flows,
             bytes_in: stats.bytes_in,
             bytes_out: stats.bytes_out,
-            rst_sent: stats.rst_sent,
+            rst_sent: stats.rst_sent + self.resets.of(&svc.name, None),
             syn_dropped: stats.syn_dropped,
             servers,
         }

@@ -101,6 +101,8 @@ pub struct Reconciler<D: Datapath, C: Checks> {
     pub(super) state_file: Option<StateFile>,
     /// Each watched cluster's leader key (empty without a DCS).
     pub(super) fence: super::fence::Fencing,
+    /// Sessions reset at once, and the node addresses last seen (see [`super::resets`]).
+    pub(super) resets: super::resets::ResetTotals,
 }
 
 impl<D: Datapath, C: Checks> Reconciler<D, C> {
@@ -133,6 +135,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             admin: ServerStates::new(),
             state_file: None,
             fence: super::fence::Fencing::default(),
+            resets: super::resets::ResetTotals::default(),
         }
     }
 
@@ -188,6 +191,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             Ok(false) => {}
             Err(e) => warn!(error = %e, "writing the local addresses failed"),
         }
+        self.reset_departed_addrs(&scope.addrs);
     }
 
     /// Once a second: the datapath's clock, due slowstart steps, the first writes until ready, next
@@ -355,6 +359,8 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         if self.applied.get(name) == Some(&b.backends) {
             return;
         }
+        // Servers going DOWN (or fenced) lose their sessions now, while their flows still exist.
+        self.reset_going_down(name, &b.backends);
         match self.dp.set_backends(name, &b.backends) {
             Ok(()) => {
                 if b.counts.active == 0 && b.counts.backup == 0 {

@@ -89,6 +89,50 @@ pub trait Datapath {
     /// SNAT ports held per server of a service, by server name (connections open or just
     /// finished; refreshed by [`Datapath::gc`]).
     fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, Self::Error>;
+    /// Resets the established sessions `scope` names NOW, idle or not: both ends of a full-NAT
+    /// flow get a RST they accept (the client from the service address it dialled, the server
+    /// from the SNAT address), a socket on this node (a local member's, a local client's) is
+    /// destroyed so that its kernel resets the connection; the flows are removed and the counters
+    /// drop with them. Returns what was reset, per server (servers with nothing to reset are
+    /// left out). A RST that cannot be sent is counted in [`ResetCount::failed`], not an error.
+    fn reset_sessions(&mut self, scope: &ResetScope<'_>) -> Result<Vec<ResetCount>, Self::Error>;
+}
+
+/// Which sessions [`Datapath::reset_sessions`] resets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetScope<'a> {
+    /// Every session of these servers of one service (flows from the network and local clients).
+    Servers {
+        service: &'a str,
+        servers: &'a [String],
+    },
+    /// Every flow from the network whose service address (the one the client dialled) is this
+    /// address: it left the node, and its packets now reach another node, which has no flow.
+    ServiceAddr(Ipv4Addr),
+}
+
+/// Sessions of one server reset by one [`Datapath::reset_sessions`] call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResetCount {
+    pub service: String,
+    pub server: String,
+    /// Full-NAT flows: a RST sent to the client and one to the server.
+    pub flows: u64,
+    /// Flows to a member on this node: its socket destroyed.
+    pub local_members: u64,
+    /// Sockets of clients on this node (cgroup connect4) destroyed.
+    pub local_clients: u64,
+    /// Sessions removed without a reset reaching an end (no sequence number known yet, a send or
+    /// a destroy refused); logged.
+    pub failed: u64,
+}
+
+impl ResetCount {
+    /// Sessions this count ended, reset or not.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.flows + self.local_members + self.local_clients + self.failed
+    }
 }
 
 /// Flow timeouts used by [`Datapath::gc`].

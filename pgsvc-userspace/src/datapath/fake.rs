@@ -5,15 +5,21 @@
 //! servers that leave or change address lose their flows, and going DOWN flushes flows by the one
 //! shutdown rule, [`crate::balance::sessions_to_shutdown`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use pgsvc_common::Reason;
 use thiserror::Error;
 
 use super::api::{
-    BackendSpec, Datapath, GcReport, LocalScope, ServiceSpec, Timeouts, TrafficStats,
+    BackendSpec, Datapath, GcReport, LocalScope, ResetCount, ResetScope, ServiceSpec, Timeouts,
+    TrafficStats,
 };
 use crate::balance::sessions_to_shutdown;
+
+mod resets;
 
 /// An operation of the trait, to inject failures and to count calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,6 +31,7 @@ pub enum Op {
     Gc,
     RefreshNextHops,
     ReleaseUnclaimed,
+    Reset,
 }
 
 /// One recorded call (or consequence of one: `Flush` is a server's flows being removed).
@@ -50,6 +57,16 @@ pub enum Call {
     Gc,
     RefreshNextHops,
     ReleaseUnclaimed,
+    /// An active reset of a server's sessions (`conns` of them).
+    Reset {
+        service: String,
+        server: String,
+        conns: u64,
+    },
+    /// An active reset of the flows to a service address.
+    ResetAddr {
+        addr: Ipv4Addr,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -87,6 +104,9 @@ pub struct FakeDatapath {
     pub local_scope: Option<LocalScope>,
     /// SNAT ports held, by (service, server) (injected by the test).
     pub snat_ports: BTreeMap<(String, String), u64>,
+    /// Open connections through one service address, by (address, service, server) (injected by
+    /// the test with [`FakeDatapath::open_at`]; also counted in the server's `conns`).
+    pub addr_conns: BTreeMap<(Ipv4Addr, String, String), u64>,
 }
 
 impl Default for FakeDatapath {
@@ -100,6 +120,7 @@ impl Default for FakeDatapath {
             max_flows: 1024,
             local_scope: None,
             snat_ports: BTreeMap::new(),
+            addr_conns: BTreeMap::new(),
         }
     }
 }
@@ -181,6 +202,7 @@ impl FakeDatapath {
                         | (Op::Gc, Call::Gc)
                         | (Op::RefreshNextHops, Call::RefreshNextHops)
                         | (Op::ReleaseUnclaimed, Call::ReleaseUnclaimed)
+                        | (Op::Reset, Call::Reset { .. } | Call::ResetAddr { .. })
                 )
             })
             .count()
@@ -392,6 +414,10 @@ impl Datapath for FakeDatapath {
         let changed = self.local_scope.as_ref() != Some(scope);
         self.local_scope = Some(scope.clone());
         Ok(changed)
+    }
+
+    fn reset_sessions(&mut self, scope: &ResetScope<'_>) -> Result<Vec<ResetCount>, FakeError> {
+        self.reset_now(scope)
     }
 
     fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, FakeError> {

@@ -11,6 +11,7 @@ use crate::status::{ServerStatus, ServiceStatus, Status};
 
 mod dcs;
 mod haproxy;
+mod resets;
 #[cfg(test)]
 mod tests;
 
@@ -245,6 +246,7 @@ pub fn render_metrics(s: &Status) -> String {
     haproxy::server(&mut e, s);
     pgsvc(&mut e, s);
     dcs::dcs(&mut e, s);
+    resets::resets(&mut e, s);
     e.out
 }
 

@@ -42,7 +42,7 @@ fn entries(map: &FlowMap) -> Vec<(FlowKey, Flow)> {
 }
 
 /// Adds `n` to `map[id]` for every `(id, n)`.
-fn add_released(
+pub(super) fn add_released(
     map: &mut aya::maps::Array<MapData, i64>,
     name: &'static str,
     released: StdHashMap<u32, i64>,

@@ -7,7 +7,7 @@
 //! One concern per file: [`loader`] (load, pins, config), [`link`] (attach, detach), [`slots`]
 //! (service and backend slot allocation, adoption), [`services`] (listen keys, service state),
 //! [`backends`] (backend sets and the generation flip), [`hops`] (next hops), [`flows`] (flush and
-//! GC), [`stats`] (counters read back).
+//! GC), [`reset`] (active session resets), [`stats`] (counters read back).
 
 mod backends;
 mod cgroup;
@@ -16,6 +16,7 @@ mod flows;
 mod hops;
 mod link;
 mod loader;
+mod reset;
 mod scope;
 mod services;
 mod slots;
@@ -42,7 +43,9 @@ use pgsvc_common::{
 };
 
 use super::{
-    api::{BackendSpec, Datapath, GcReport, LocalScope, ServiceSpec, Timeouts},
+    api::{
+        BackendSpec, Datapath, GcReport, LocalScope, ResetCount, ResetScope, ServiceSpec, Timeouts,
+    },
     neigh::NextHop,
 };
 
@@ -243,5 +246,9 @@ impl Datapath for XdpDatapath {
 
     fn snat_ports_in_use(&self, service: &str) -> Result<Vec<(String, u64)>, DatapathError> {
         self.snat_ports_by_backend(service)
+    }
+
+    fn reset_sessions(&mut self, scope: &ResetScope<'_>) -> Result<Vec<ResetCount>, DatapathError> {
+        self.reset_now(scope)
     }
 }
