@@ -1,15 +1,19 @@
-//! `bench-e2e`: pgsvc vs HAProxy vs direct to pgbouncer, through the real sandbox, in one run.
+//! `bench-e2e`: pgsvc vs HAProxy vs direct to pgbouncer, through the real sandbox, in one run, in
+//! both topologies: node-resident (Pigsty's default, the LB on the database nodes) and LB host.
 //!
 //! One sandbox (`sandbox/pgsandbox up`, torn down by a guard on every exit, Ctrl-C included),
 //! `pgbench -i -s 10` once against the primary's pgbouncer, then:
 //!
-//! 1. **Throughput rounds.** Each round visits the three targets in a rotated order (direct, HAProxy,
-//!    pgsvc; then HAProxy, pgsvc, direct; …) and for each runs pgbench select-only (simple and
-//!    prepared protocol, `-c 8 -j 2`, per-transaction logs for the p99), `pgbench -C` (a new
-//!    connection per transaction: connections per second), and iperf3 through a service port. Only
-//!    the load balancer under test runs during its slot (neither during direct), so no LB pays for
-//!    the other's packets. CPU: the LB process's utime+stime and the machine's softirq, system and
-//!    total busy time from /proc/stat, normalised per 1000 transactions / connections or per GB.
+//! 1. **Throughput rounds.** Each round visits its slots in a rotated order — direct, HAProxy and
+//!    pgsvc on the LB host, then HAProxy and pgsvc on the nodes ([`node`]); the next round starts one
+//!    slot later. An LB-host slot runs pgbench select-only (simple and prepared protocol, `-c 8 -j 2`,
+//!    per-transaction logs for the p99), `pgbench -C` (a new connection per transaction: connections
+//!    per second), and iperf3 through a service port; a node slot runs pgbench against the primary's
+//!    node (local member) and a replica's node (remote member). Only the load balancer under test
+//!    runs during its slot (none during direct), so no LB pays for the other's packets. CPU: the LB
+//!    process's utime+stime and the machine's softirq, system and total busy time from /proc/stat,
+//!    normalised per 1000 transactions / connections or per GB. `--topology lb-host|node` measures
+//!    one topology (with direct).
 //! 2. **Failover.** Both LBs run; for every switchover and killed primary four writer probes run at
 //!    once: through HAProxy, through pgsvc, and straight to each pgbouncer that can become primary
 //!    (the "direct" figure: what a client that always knows the primary would see).
@@ -936,6 +940,8 @@ struct SlotRun {
     to: (&'static str, u16),
     lb_pid: Option<u32>,
     kinds: Vec<Kind>,
+    /// pgbench for `connect_secs` instead of `bench_secs` (the time budget).
+    short: bool,
     /// iperf3 through the LB-host topology's service port.
     iperf: Option<Target>,
 }
@@ -973,6 +979,7 @@ fn slot_runs(
                 to: target.pg(),
                 lb_pid,
                 kinds,
+                short: false,
                 iperf: Some(target),
             }]
         }
@@ -985,6 +992,7 @@ fn slot_runs(
                 to: t.pg(),
                 lb_pid: node_lbs.pid(*t),
                 kinds: t.kinds(prepared),
+                short: !t.local,
                 iperf: None,
             })
             .collect(),
@@ -1061,14 +1069,16 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// One pgbench run against `to`; `short` runs it for `connect_secs` (the remote member's rounds).
     fn pgbench(
         &mut self,
         to: (&str, u16),
         kind: Kind,
+        short: bool,
         lb_pid: Option<u32>,
         tag: &str,
     ) -> Result<Value> {
-        let secs = if kind == Kind::Connect {
+        let secs = if kind == Kind::Connect || short {
             self.opts.connect_secs
         } else {
             self.opts.bench_secs
@@ -2126,8 +2136,8 @@ fn markdown(doc: &Value, datapath: Option<&Value>, svg_rel: &str, json_rel: &str
     );
     let _ = writeln!(
         s,
-        "- **Interleaving**: every round visits the three targets in a rotated order; during a target's \
-         slot only its LB runs (neither LB during direct; the pass-through XDP program that native XDP on a \
+        "- **Interleaving**: every round visits the three targets (and the node-resident slots above, when \
+         measured) in a rotated order; during a target's slot only its LB runs (neither LB during direct; the pass-through XDP program that native XDP on a \
          veth needs on the switch port is attached only while pgsvc runs). A {} s warm-up precedes each slot.",
         p["warmup_secs"]
     );
@@ -2830,7 +2840,7 @@ fn real_main() -> Result<()> {
                 };
                 for kind in &run.kinds {
                     let tag = format!("r{}-{}-{}", round + 1, run.key, kind.key());
-                    let res = bench.pgbench(run.to, *kind, run.lb_pid, &tag);
+                    let res = bench.pgbench(run.to, *kind, run.short, run.lb_pid, &tag);
                     record(kind.key(), res)?;
                 }
                 if let Some(target) = run.iperf {
@@ -2974,6 +2984,7 @@ fn real_main() -> Result<()> {
     log(format!("wrote {}", opts.out.display()));
     write_reports(&doc, &opts.out, &opts, &root)?;
     print_table(&doc);
+    node::print_table(&doc);
     Ok(())
 }
 

@@ -95,7 +95,8 @@ impl NodeTarget {
     }
 
     /// The measurements of this target: the local member gets what the LB-host targets get but
-    /// iperf3; the remote member select-only with the simple protocol (the time budget).
+    /// iperf3; the remote member select-only with the simple protocol, for half as long (the time
+    /// budget: the node slots add about 8 minutes to a full run).
     pub(super) fn kinds(self, prepared: bool) -> Vec<Kind> {
         let mut k = vec![Kind::Simple];
         if self.local {
@@ -248,6 +249,15 @@ impl NodeLbs {
         }
         self.stop();
         self.running = Some(lb);
+        if let Err(e) = self.spawn(lb) {
+            self.stop();
+            return Err(e);
+        }
+        self.wait_ready(lb, client)
+    }
+
+    /// Starts `lb`'s processes on both nodes (and the pass-through programs for pgsvc).
+    fn spawn(&mut self, lb: NodeLb) -> Result<()> {
         match lb {
             NodeLb::Haproxy => {
                 for (i, node) in NODE_IDX.into_iter().enumerate() {
@@ -295,6 +305,11 @@ impl NodeLbs {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Waits until every instance of `lb` answers (HAProxy: its stats socket; pgsvc: `/ready`).
+    fn wait_ready(&mut self, lb: NodeLb, client: &NsWorker<()>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut pending = Vec::new();
@@ -440,7 +455,7 @@ pub(super) fn document(measurements: &[Value], lbs: &NodeLbs, sb: &Sb) -> Value 
         "slots": "node HAProxy = HAProxy on pg-test-1's and pg-test-2's nodes; node pgsvc = pgsvc on both; only the slot's LB runs",
         "kinds": {
             "local": "select_simple, select_prepared, connect",
-            "remote": "select_simple",
+            "remote": "select_simple, for connect_secs (half of bench_secs)",
         },
         "target": local_target(&figs),
         "haproxy_config": lbs.haproxy_text,
@@ -614,12 +629,57 @@ pub(super) fn markdown(doc: &Value) -> String {
     let _ = writeln!(
         s,
         "- **Measurements**: local member: pgbench -S simple and `-M prepared`, and `pgbench -C`, the same \
-         commands and CPU accounting as the LB-host rounds (no iperf3); remote member: pgbench -S simple only \
-         (time budget). *LB process CPU* is the serving node's HAProxy or pgsvc agent; *machine busy* (all CPUs, \
-         every host of the sandbox) per 1000 transactions is the node's total price of a transaction here."
+         commands and CPU accounting as the LB-host rounds (no iperf3); remote member: pgbench -S simple only, \
+         for {} s instead of {} s (time budget). *LB process CPU* is the serving node's HAProxy or pgsvc agent; *machine busy* (all CPUs, \
+         every host of the sandbox) per 1000 transactions is the node's total price of a transaction here.",
+        p["connect_secs"], p["bench_secs"],
     );
     let _ = writeln!(s);
     s
+}
+
+/// The node-resident medians on stdout after the run (nothing when not measured).
+pub(super) fn print_table(doc: &Value) {
+    let nr = &doc["node_resident"];
+    let Some(figs) = nr["figures"].as_array() else {
+        return;
+    };
+    println!(
+        "\nnode-resident: {:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "figure (median)",
+        "direct",
+        "hap-loc",
+        "pgsvc-loc",
+        "hap-rem",
+        "pgsvc-rem",
+        "loc/dir",
+        "rem/dir"
+    );
+    for f in figs {
+        println!(
+            "{:<59} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            format!(
+                "{} {} [{}]",
+                f["section"].as_str().unwrap_or(""),
+                f["label"].as_str().unwrap_or(""),
+                f["unit"].as_str().unwrap_or("")
+            ),
+            num(&f["direct"]),
+            num(&f["haproxy_local"]),
+            num(&f["pgsvc_local"]),
+            num(&f["haproxy_remote"]),
+            num(&f["pgsvc_remote"]),
+            rat(&f["ratios"]["pgsvc_local_vs_direct"]),
+            rat(&f["ratios"]["pgsvc_remote_vs_direct"]),
+        );
+    }
+    let t = &nr["target"];
+    println!(
+        "target pgsvc local >= {LOCAL_TPS_TARGET} x direct TPS: met = {} (simple {}, prepared {})",
+        t["met"],
+        rat(&t["select_simple"]),
+        rat(&t["select_prepared"])
+    );
 }
 
 #[cfg(test)]
