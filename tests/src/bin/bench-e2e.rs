@@ -2308,7 +2308,7 @@ impl Panel<'_> {
             top + 14.0,
             xml(&self.title)
         );
-        let mut x = left;
+        let mut x = 10.0;
         for se in self.series {
             let _ = writeln!(
                 s,
@@ -2401,8 +2401,8 @@ fn svg(doc: &Value) -> String {
     if !node_rows.is_empty() {
         panels.push(Panel {
             title: format!(
-                "Node-resident (Pigsty's default): {}:5433 on the primary's node (local member), {}:5433 on a replica's node (remote)",
-                NODES[0], NODES[1]
+                "Node-resident (Pigsty's default) — {}:5433 local member, {}:5433 remote",
+                MEMBERS[0], MEMBERS[1]
             ),
             series: NODE_SERIES,
             rows: node_rows.iter().collect(),
