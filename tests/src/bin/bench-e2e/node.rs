@@ -20,6 +20,8 @@ const REPLICA_NODE: usize = 1;
 const NODE_IDX: [usize; 2] = [PRIMARY_NODE, REPLICA_NODE];
 /// Where the node agents serve their admin API (on each node's own address).
 const NODE_ADMIN_PORT: u16 = 9102;
+/// How long a node LB may take to answer after its start (HAProxy reads every CA certificate first).
+const READY_TIMEOUT_S: u64 = 90;
 /// The acceptance target of the local member: pgsvc's select-only TPS ≥ this × direct.
 pub(super) const LOCAL_TPS_TARGET: f64 = 0.97;
 
@@ -189,7 +191,8 @@ impl NodeLbs {
                 sb.in_ns(&host(node), "haproxy")
                     .args(["-c", "-q", "-f"])
                     .arg(&cfg),
-                Duration::from_secs(30),
+                // HAProxy reads every CA certificate at start: seconds on a machine busy with I/O
+                Duration::from_secs(120),
             )
             .context("haproxy rejects the node config")?;
             if node == PRIMARY_NODE {
@@ -310,7 +313,7 @@ impl NodeLbs {
 
     /// Waits until every instance of `lb` answers (HAProxy: its stats socket; pgsvc: `/ready`).
     fn wait_ready(&mut self, lb: NodeLb, client: &NsWorker<()>) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_S);
         loop {
             let mut pending = Vec::new();
             for (i, node) in NODE_IDX.into_iter().enumerate() {
@@ -343,7 +346,7 @@ impl NodeLbs {
                 let log = self.log_tail(lb, NODE_IDX[0]);
                 self.stop();
                 bail!(
-                    "{} not ready in 30 s on {pending:?}; log of {}:\n{log}",
+                    "{} not ready in {READY_TIMEOUT_S} s on {pending:?}; log of {}:\n{log}",
                     lb.key(),
                     MEMBERS[NODE_IDX[0]]
                 );
