@@ -123,7 +123,8 @@ enum Cmd {
 enum Bench {
     /// XDP program cost per packet (BPF_PROG_TEST_RUN).
     Datapath,
-    /// Through the real sandbox: pgbench, iperf3, failover windows; pgsvc vs HAProxy vs direct.
+    /// Through the real sandbox: pgbench, iperf3, failover windows; pgsvc vs HAProxy vs direct, on
+    /// the database nodes (node-resident) and on an LB host (`-- --topology node|lb-host` for one).
     E2e,
     /// Both.
     All,

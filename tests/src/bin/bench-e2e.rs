@@ -1,15 +1,19 @@
-//! `bench-e2e`: pgsvc vs HAProxy vs direct to pgbouncer, through the real sandbox, in one run.
+//! `bench-e2e`: pgsvc vs HAProxy vs direct to pgbouncer, through the real sandbox, in one run, in
+//! both topologies: node-resident (Pigsty's default, the LB on the database nodes) and LB host.
 //!
 //! One sandbox (`sandbox/pgsandbox up`, torn down by a guard on every exit, Ctrl-C included),
 //! `pgbench -i -s 10` once against the primary's pgbouncer, then:
 //!
-//! 1. **Throughput rounds.** Each round visits the three targets in a rotated order (direct, HAProxy,
-//!    pgsvc; then HAProxy, pgsvc, direct; …) and for each runs pgbench select-only (simple and
-//!    prepared protocol, `-c 8 -j 2`, per-transaction logs for the p99), `pgbench -C` (a new
-//!    connection per transaction: connections per second), and iperf3 through a service port. Only
-//!    the load balancer under test runs during its slot (neither during direct), so no LB pays for
-//!    the other's packets. CPU: the LB process's utime+stime and the machine's softirq, system and
-//!    total busy time from /proc/stat, normalised per 1000 transactions / connections or per GB.
+//! 1. **Throughput rounds.** Each round visits its slots in a rotated order — direct, HAProxy and
+//!    pgsvc on the LB host, then HAProxy and pgsvc on the nodes ([`node`]); the next round starts one
+//!    slot later. An LB-host slot runs pgbench select-only (simple and prepared protocol, `-c 8 -j 2`,
+//!    per-transaction logs for the p99), `pgbench -C` (a new connection per transaction: connections
+//!    per second), and iperf3 through a service port; a node slot runs pgbench against the primary's
+//!    node (local member) and a replica's node (remote member). Only the load balancer under test
+//!    runs during its slot (none during direct), so no LB pays for the other's packets. CPU: the LB
+//!    process's utime+stime and the machine's softirq, system and total busy time from /proc/stat,
+//!    normalised per 1000 transactions / connections or per GB. `--topology lb-host|node` measures
+//!    one topology (with direct).
 //! 2. **Failover.** Both LBs run; for every switchover and killed primary four writer probes run at
 //!    once: through HAProxy, through pgsvc, and straight to each pgbouncer that can become primary
 //!    (the "direct" figure: what a client that always knows the primary would see).
@@ -38,6 +42,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use pgsvc::datapath::pass::PassProgram;
 use pgsvc_tests::netns::NsWorker;
 use serde_json::{Value, json};
+
+#[path = "bench-e2e/node.rs"]
+mod node;
+use node::{NodeLb, NodeLbs};
 
 const LB_ADDR: &str = "198.18.0.2";
 const VIP: &str = "198.18.0.3";
@@ -407,16 +415,16 @@ struct Haproxy {
     running: bool,
 }
 
-/// Pigsty's HAProxy config as `pgsvc render haproxy` renders it, with two changes: the binds name the
-/// LB host's own address (pgsvc owns the VIP; the clients are otherwise identical), and a stats socket
-/// lets the bench see when the health checks settled.
-fn haproxy_config(rendered: &str, sock: &Path) -> String {
+/// Pigsty's HAProxy config as `pgsvc render haproxy` renders it, with a stats socket that lets the
+/// bench see when the health checks settled, and (for the LB host: `bind` = its own address, as pgsvc
+/// owns the VIP there; the clients are otherwise identical) the binds changed from `*`.
+fn haproxy_config(rendered: &str, sock: &Path, bind: Option<&str>) -> String {
     let mut out = String::new();
     for line in rendered.lines() {
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("bind *:") {
+        if let (Some(rest), Some(addr)) = (trimmed.strip_prefix("bind *:"), bind) {
             let indent = &line[..line.len() - trimmed.len()];
-            let _ = writeln!(out, "{indent}bind {LB_ADDR}:{rest}");
+            let _ = writeln!(out, "{indent}bind {addr}:{rest}");
             continue;
         }
         let _ = writeln!(out, "{line}");
@@ -465,22 +473,27 @@ impl Haproxy {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    /// Servers in state running (UP) of one backend, from `show servers state`.
+    /// Servers in state running (UP) of one backend.
     fn up_servers(&self, backend: &str) -> Result<Vec<String>> {
-        let mut s = UnixStream::connect(&self.sock)
-            .with_context(|| format!("connecting to {}", self.sock.display()))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"show servers state\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() > 5 && f[1] == backend && f[5] == "2").then(|| f[3].to_owned())
-            })
-            .collect())
+        haproxy_up_servers(&self.sock, backend)
     }
+}
+
+/// Servers in state running (UP) of one backend of the HAProxy behind `sock`, from `show servers state`.
+fn haproxy_up_servers(sock: &Path, backend: &str) -> Result<Vec<String>> {
+    let mut s =
+        UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"show servers state\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 5 && f[1] == backend && f[5] == "2").then(|| f[3].to_owned())
+        })
+        .collect())
 }
 
 impl Drop for Haproxy {
@@ -579,25 +592,34 @@ impl Pgsvc {
 
     /// Servers in the active set of one service, from /status.
     fn active_servers(&self, client: &NsWorker<()>, service: &str) -> Result<Vec<String>> {
-        let (code, body) = http(client, ADMIN.parse()?, "GET", "/status")?;
-        if code != 200 {
-            bail!("/status answered {code}");
-        }
-        let v: Value = serde_json::from_str(&body).context("/status is not JSON")?;
-        let svc = v["services"]
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["name"] == service))
-            .ok_or_else(|| anyhow!("{service} not in /status"))?;
-        Ok(svc["servers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|s| s["active"] == true)
-                    .filter_map(|s| s["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default())
+        pgsvc_active_servers(client, ADMIN.parse()?, service)
     }
+}
+
+/// Servers in the active set of one service of the pgsvc agent whose admin API is `admin`, from /status.
+fn pgsvc_active_servers(
+    client: &NsWorker<()>,
+    admin: SocketAddr,
+    service: &str,
+) -> Result<Vec<String>> {
+    let (code, body) = http(client, admin, "GET", "/status")?;
+    if code != 200 {
+        bail!("/status of {admin} answered {code}");
+    }
+    let v: Value = serde_json::from_str(&body).context("/status is not JSON")?;
+    let svc = v["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == service))
+        .ok_or_else(|| anyhow!("{service} not in /status of {admin}"))?;
+    Ok(svc["servers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["active"] == true)
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 impl Drop for Pgsvc {
@@ -868,6 +890,115 @@ impl Kind {
     }
 }
 
+/// Which topologies the throughput rounds measure (`--topology`); direct is the baseline of both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    Both,
+    LbHost,
+    Node,
+}
+
+impl Topology {
+    fn key(self) -> &'static str {
+        match self {
+            Topology::Both => "both",
+            Topology::LbHost => "lb-host",
+            Topology::Node => "node",
+        }
+    }
+
+    fn node(self) -> bool {
+        self != Topology::LbHost
+    }
+
+    /// The slots of one round, before the rotation.
+    fn slots(self) -> Vec<Slot> {
+        let mut v = vec![Slot::Lb(Target::Direct)];
+        if self != Topology::Node {
+            v.extend([Slot::Lb(Target::Haproxy), Slot::Lb(Target::Pgsvc)]);
+        }
+        if self.node() {
+            v.extend([Slot::Node(NodeLb::Haproxy), Slot::Node(NodeLb::Pgsvc)]);
+        }
+        v
+    }
+}
+
+/// A slot of a throughput round: one load balancer (or none, for direct) runs.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// The LB-host topology's targets, and direct.
+    Lb(Target),
+    /// HAProxy or pgsvc on the primary's and a replica's node.
+    Node(NodeLb),
+}
+
+/// One endpoint measured in a slot.
+struct SlotRun {
+    topology: &'static str,
+    key: &'static str,
+    to: (&'static str, u16),
+    lb_pid: Option<u32>,
+    kinds: Vec<Kind>,
+    /// pgbench for `connect_secs` instead of `bench_secs` (the time budget).
+    short: bool,
+    /// iperf3 through the LB-host topology's service port.
+    iperf: Option<Target>,
+}
+
+/// What a slot measures: the LB-host target (pgbench and iperf3), or the node slot's local and
+/// remote members (pgbench).
+fn slot_runs(
+    slot: Slot,
+    haproxy: &Haproxy,
+    pgsvc: &Pgsvc,
+    node_lbs: &NodeLbs,
+    prepared: bool,
+) -> Result<Vec<SlotRun>> {
+    Ok(match slot {
+        Slot::Lb(target) => {
+            let lb_pid = match target {
+                Target::Direct => None,
+                Target::Haproxy => Some(haproxy.pid().ok_or_else(|| {
+                    anyhow!("no haproxy pid file in {}", haproxy.sb.state.display())
+                })?),
+                Target::Pgsvc => pgsvc.pid(),
+            };
+            let mut kinds = vec![Kind::Simple];
+            if prepared {
+                kinds.push(Kind::Prepared);
+            }
+            kinds.push(Kind::Connect);
+            vec![SlotRun {
+                topology: if target == Target::Direct {
+                    "both"
+                } else {
+                    "lb_host"
+                },
+                key: target.key(),
+                to: target.pg(),
+                lb_pid,
+                kinds,
+                short: false,
+                iperf: Some(target),
+            }]
+        }
+        Slot::Node(lb) => node::NODE_TARGETS
+            .iter()
+            .filter(|t| t.lb == lb)
+            .map(|t| SlotRun {
+                topology: "node",
+                key: t.key(),
+                to: t.pg(),
+                lb_pid: node_lbs.pid(*t),
+                kinds: t.kinds(prepared),
+                short: !t.local,
+                iperf: None,
+            })
+            .collect(),
+    })
+}
+
 struct Opts {
     out: PathBuf,
     md: PathBuf,
@@ -883,6 +1014,7 @@ struct Opts {
     wait_quiet: u64,
     from_json: Option<PathBuf>,
     keep_work: bool,
+    topology: Topology,
 }
 
 struct Bench<'a> {
@@ -895,12 +1027,11 @@ struct Bench<'a> {
 impl Bench<'_> {
     fn pgbench_cmd(
         &self,
-        target: Target,
+        (host, port): (&str, u16),
         kind: Kind,
         secs: u64,
         log_prefix: Option<&Path>,
     ) -> Command {
-        let (host, port) = target.pg();
         let mut c = self.sb.in_ns("cl", "pgbench");
         c.env("PGPASSWORD", DB_PASS).args([
             "-n",
@@ -932,20 +1063,22 @@ impl Bench<'_> {
         self.foreign.note();
     }
 
-    fn warmup(&self, target: Target) -> Result<()> {
-        let mut c = self.pgbench_cmd(target, Kind::Simple, self.opts.warmup_secs, None);
+    fn warmup(&self, to: (&str, u16)) -> Result<()> {
+        let mut c = self.pgbench_cmd(to, Kind::Simple, self.opts.warmup_secs, None);
         run_ok(&mut c, Duration::from_secs(self.opts.warmup_secs + 60))?;
         Ok(())
     }
 
+    /// One pgbench run against `to`; `short` runs it for `connect_secs` (the remote member's rounds).
     fn pgbench(
         &mut self,
-        target: Target,
+        to: (&str, u16),
         kind: Kind,
+        short: bool,
         lb_pid: Option<u32>,
         tag: &str,
     ) -> Result<Value> {
-        let secs = if kind == Kind::Connect {
+        let secs = if kind == Kind::Connect || short {
             self.opts.connect_secs
         } else {
             self.opts.bench_secs
@@ -954,7 +1087,7 @@ impl Bench<'_> {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let prefix = dir.join("tx");
         let logs = (kind != Kind::Connect).then_some(prefix.as_path());
-        let mut cmd = self.pgbench_cmd(target, kind, secs, logs);
+        let mut cmd = self.pgbench_cmd(to, kind, secs, logs);
         let command = show(&cmd);
         let a = cpu_now(lb_pid)?;
         let out = run(&mut cmd, Duration::from_secs(secs + 120))?;
@@ -1867,7 +2000,12 @@ fn markdown(doc: &Value, datapath: Option<&Value>, svg_rel: &str, json_rel: &str
     };
     let _ = writeln!(s, "Machine: {quiet_text}.\n");
 
-    let _ = writeln!(s, "## pgsvc vs HAProxy vs direct (end to end, one run)\n");
+    // the node-resident topology (Pigsty's default) first, when measured
+    s.push_str(&node::markdown(doc));
+    let _ = writeln!(
+        s,
+        "## LB-host topology: pgsvc vs HAProxy vs direct (end to end, one run)\n"
+    );
     let _ = writeln!(
         s,
         "Medians over {} interleaved round(s) (failover: over {} event(s) each). Ratios are target / direct \
@@ -1998,8 +2136,8 @@ fn markdown(doc: &Value, datapath: Option<&Value>, svg_rel: &str, json_rel: &str
     );
     let _ = writeln!(
         s,
-        "- **Interleaving**: every round visits the three targets in a rotated order; during a target's \
-         slot only its LB runs (neither LB during direct; the pass-through XDP program that native XDP on a \
+        "- **Interleaving**: every round visits the three targets (and the node-resident slots above, when \
+         measured) in a rotated order; during a target's slot only its LB runs (neither LB during direct; the pass-through XDP program that native XDP on a \
          veth needs on the switch port is attached only while pgsvc runs). A {} s warm-up precedes each slot.",
         p["warmup_secs"]
     );
@@ -2104,33 +2242,197 @@ fn xml(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A grouped horizontal bar chart of HAProxy/direct and pgsvc/direct for every figure with ratios.
+/// One bar of every row of an SVG panel: the ratio under `ratios.<key>`.
+struct Series {
+    key: &'static str,
+    legend: &'static str,
+    color: &'static str,
+}
+
+/// One panel of the chart: a title, its series, and the figures (rows) that have at least one ratio.
+struct Panel<'a> {
+    title: String,
+    series: &'static [Series],
+    rows: Vec<&'a Value>,
+    bar: f64,
+}
+
+const LB_SERIES: &[Series] = &[
+    Series {
+        key: "haproxy_vs_direct",
+        legend: "HAProxy / direct",
+        color: "#d9822b",
+    },
+    Series {
+        key: "pgsvc_vs_direct",
+        legend: "pgsvc / direct",
+        color: "#2b6cb0",
+    },
+];
+
+const NODE_SERIES: &[Series] = &[
+    Series {
+        key: "haproxy_local_vs_direct",
+        legend: "HAProxy, local member",
+        color: "#d9822b",
+    },
+    Series {
+        key: "pgsvc_local_vs_direct",
+        legend: "pgsvc, local member",
+        color: "#2b6cb0",
+    },
+    Series {
+        key: "haproxy_remote_vs_direct",
+        legend: "HAProxy, remote member",
+        color: "#f0c08a",
+    },
+    Series {
+        key: "pgsvc_remote_vs_direct",
+        legend: "pgsvc, remote member",
+        color: "#8fb8e8",
+    },
+];
+
+impl Panel<'_> {
+    fn row_height(&self) -> f64 {
+        self.bar * self.series.len() as f64 + 12.0
+    }
+
+    /// Title, legend, gridlines and bars from `top`; returns the y below the panel.
+    fn draw(&self, s: &mut String, top: f64, max: f64) -> f64 {
+        let (left, right) = (360.0, 900.0);
+        let scale = |r: f64| left + (right - 60.0 - left) * r / max;
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{:.1}" font-size="14" font-weight="bold">{}</text>"#,
+            top + 14.0,
+            xml(&self.title)
+        );
+        let mut x = 10.0;
+        for se in self.series {
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                top + 24.0,
+                se.color,
+                x + 16.0,
+                top + 34.0,
+                xml(se.legend)
+            );
+            x += 30.0 + 7.0 * se.legend.chars().count() as f64;
+        }
+        let rows_top = top + 46.0;
+        let bottom = rows_top + self.row_height() * self.rows.len() as f64;
+        let mut g = 0.0;
+        while g <= max + 1e-9 {
+            let x = scale(g);
+            let (stroke, w) = if (g - 1.0).abs() < 1e-9 {
+                ("#333", 1.5)
+            } else {
+                ("#ddd", 1.0)
+            };
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{rows_top:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="{stroke}" stroke-width="{w}"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="#555">{g:.1}</text>"##,
+                bottom + 14.0
+            );
+            g += if max > 4.0 { 1.0 } else { 0.5 };
+        }
+        for (i, f) in self.rows.iter().enumerate() {
+            let y = rows_top + self.row_height() * i as f64 + 6.0;
+            let arrow = if f["better"] == "higher" {
+                "↑"
+            } else {
+                "↓"
+            };
+            let label = format!(
+                "{} — {} {arrow}",
+                f["section"].as_str().unwrap_or(""),
+                f["label"].as_str().unwrap_or("")
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                left - 8.0,
+                y + self.bar * self.series.len() as f64 / 2.0 + 4.0,
+                xml(&label)
+            );
+            for (j, se) in self.series.iter().enumerate() {
+                let yy = y + self.bar * j as f64;
+                if let Some(r) = f["ratios"][se.key].as_f64() {
+                    let w = (scale(r) - left).max(1.0);
+                    let _ = writeln!(
+                        s,
+                        r#"<rect x="{left}" y="{yy:.1}" width="{w:.1}" height="{:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="10">{r:.2}×</text>"#,
+                        self.bar - 1.0,
+                        se.color,
+                        left + w + 4.0,
+                        yy + self.bar - 2.5
+                    );
+                } else {
+                    let _ = writeln!(
+                        s,
+                        r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#888">not measured</text>"##,
+                        left + 4.0,
+                        yy + self.bar - 2.5
+                    );
+                }
+            }
+        }
+        bottom + 30.0
+    }
+}
+
+/// Grouped horizontal bar charts of the ratios to direct: the node-resident topology (HAProxy and
+/// pgsvc on the database node, local and remote member) when measured, then the LB-host topology.
 fn svg(doc: &Value) -> String {
     let empty = Vec::new();
-    let figs: Vec<&Value> = doc["figures"]
-        .as_array()
-        .unwrap_or(&empty)
+    let with_ratios = |figs: &'static [Series], v: &Value| -> Vec<Value> {
+        v.as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter(|f| figs.iter().any(|se| f["ratios"][se.key].is_number()))
+            .cloned()
+            .collect()
+    };
+    let node_rows = with_ratios(NODE_SERIES, &doc["node_resident"]["figures"]);
+    let lb_rows = with_ratios(LB_SERIES, &doc["figures"]);
+    let mut panels = Vec::new();
+    if !node_rows.is_empty() {
+        panels.push(Panel {
+            title: format!(
+                "Node-resident (Pigsty's default) — {}:5433 local member, {}:5433 remote",
+                MEMBERS[0], MEMBERS[1]
+            ),
+            series: NODE_SERIES,
+            rows: node_rows.iter().collect(),
+            bar: 10.0,
+        });
+    }
+    panels.push(Panel {
+        title: "LB host: HAProxy on the LB host's address, pgsvc on the VIP".into(),
+        series: LB_SERIES,
+        rows: lb_rows.iter().collect(),
+        bar: 13.0,
+    });
+    let max = panels
         .iter()
-        .filter(|f| {
-            f["ratios"]["haproxy_vs_direct"].is_number()
-                || f["ratios"]["pgsvc_vs_direct"].is_number()
-        })
-        .collect();
-    let max = figs
-        .iter()
-        .flat_map(|f| {
-            [
-                f["ratios"]["haproxy_vs_direct"].as_f64(),
-                f["ratios"]["pgsvc_vs_direct"].as_f64(),
-            ]
+        .flat_map(|p| {
+            p.rows
+                .iter()
+                .flat_map(|f| p.series.iter().map(|se| f["ratios"][se.key].as_f64()))
         })
         .flatten()
         .fold(1.2f64, f64::max)
         * 1.12;
-    let (left, right, top, bar, gap) = (360.0, 900.0, 80.0, 13.0, 12.0);
-    let row = 2.0 * bar + gap;
-    let height = top + row * figs.len() as f64 + 50.0;
-    let scale = |r: f64| left + (right - 60.0 - left) * r / max;
+    let top = 56.0;
+    let height = top
+        + panels
+            .iter()
+            .map(|p| 46.0 + p.row_height() * p.rows.len() as f64 + 30.0)
+            .sum::<f64>()
+        + 10.0;
+    let right = 900.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -2147,75 +2449,9 @@ fn svg(doc: &Value) -> String {
         xml(doc["started_at"].as_str().unwrap_or("")),
         xml(doc["mode"].as_str().unwrap_or(""))
     );
-    let _ = writeln!(
-        s,
-        r##"<rect x="{left}" y="52" width="12" height="12" fill="#d9822b"/><text x="{}" y="62">HAProxy / direct</text><rect x="{}" y="52" width="12" height="12" fill="#2b6cb0"/><text x="{}" y="62">pgsvc / direct</text>"##,
-        left + 16.0,
-        left + 140.0,
-        left + 156.0
-    );
-    // gridlines
-    let mut g = 0.0;
-    while g <= max + 1e-9 {
-        let x = scale(g);
-        let (stroke, w) = if (g - 1.0).abs() < 1e-9 {
-            ("#333", 1.5)
-        } else {
-            ("#ddd", 1.0)
-        };
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="{stroke}" stroke-width="{w}"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="#555">{g:.1}</text>"##,
-            height - 40.0,
-            height - 26.0
-        );
-        g += if max > 4.0 { 1.0 } else { 0.5 };
-    }
-    for (i, f) in figs.iter().enumerate() {
-        let y = top + row * i as f64 + gap / 2.0;
-        let arrow = if f["better"] == "higher" {
-            "↑"
-        } else {
-            "↓"
-        };
-        let label = format!(
-            "{} — {} {arrow}",
-            f["section"].as_str().unwrap_or(""),
-            f["label"].as_str().unwrap_or("")
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            left - 8.0,
-            y + bar + 4.0,
-            xml(&label)
-        );
-        for (j, (key, color)) in [
-            ("haproxy_vs_direct", "#d9822b"),
-            ("pgsvc_vs_direct", "#2b6cb0"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let yy = y + bar * j as f64;
-            if let Some(r) = f["ratios"][*key].as_f64() {
-                let w = (scale(r) - left).max(1.0);
-                let _ = writeln!(
-                    s,
-                    r#"<rect x="{left}" y="{yy:.1}" width="{w:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="11">{r:.2}×</text>"#,
-                    bar - 1.0,
-                    left + w + 4.0,
-                    yy + bar - 2.5
-                );
-            } else {
-                let _ = writeln!(
-                    s,
-                    r##"<text x="{:.1}" y="{:.1}" font-size="11" fill="#888">n/a</text>"##,
-                    left + 4.0,
-                    yy + bar - 2.5
-                );
-            }
-        }
+    let mut y = top;
+    for p in &panels {
+        y = p.draw(&mut s, y, max);
     }
     let _ = writeln!(s, "</svg>");
     s
@@ -2278,7 +2514,8 @@ fn absolute(p: &Path) -> PathBuf {
 
 const USAGE: &str =
     "usage: bench-e2e [--out FILE] [--quick] [--rounds N] [--failover-rounds N] [--seconds S]
-                 [--no-prepared] [--keep-work] [--wait-quiet SECS] [--md FILE] [--svg FILE] | --from-json FILE";
+                 [--no-prepared] [--keep-work] [--wait-quiet SECS] [--md FILE] [--svg FILE]
+                 [--topology both|lb-host|node] | --from-json FILE";
 
 fn parse_args() -> Result<Opts> {
     let root = repo_root();
@@ -2293,6 +2530,7 @@ fn parse_args() -> Result<Opts> {
     let mut wait_quiet = None;
     let mut from_json = None;
     let mut keep_work = false;
+    let mut topology = Topology::Both;
     let mut args = std::env::args().skip(1);
     let num = |a: Option<String>, what: &str| -> Result<u64> {
         a.ok_or_else(|| anyhow!("{what} needs a value"))?
@@ -2312,6 +2550,16 @@ fn parse_args() -> Result<Opts> {
             "--seconds" => seconds = Some(num(args.next(), "--seconds")?.clamp(2, 600)),
             "--no-prepared" => prepared = false,
             "--keep-work" => keep_work = true,
+            "--topology" => {
+                topology = match args.next().as_deref() {
+                    Some("both") => Topology::Both,
+                    Some("lb-host") => Topology::LbHost,
+                    Some("node") => Topology::Node,
+                    other => {
+                        bail!("--topology needs both, lb-host or node (got {other:?})\n{USAGE}")
+                    }
+                }
+            }
             "--wait-quiet" => wait_quiet = Some(num(args.next(), "--wait-quiet")?.min(7200)),
             "--from-json" => {
                 from_json = Some(absolute(Path::new(
@@ -2341,6 +2589,7 @@ fn parse_args() -> Result<Opts> {
         wait_quiet: wait_quiet.unwrap_or(if quick { 0 } else { 1200 }),
         from_json,
         keep_work,
+        topology,
     })
 }
 
@@ -2460,7 +2709,7 @@ fn real_main() -> Result<()> {
     let sb = guard.0.clone();
     let sock = sb.state.join("bench-haproxy.sock");
     let haproxy_cfg = work.join("haproxy-bench.cfg");
-    let haproxy_text = haproxy_config(&rendered, &sock);
+    let haproxy_text = haproxy_config(&rendered, &sock, Some(LB_ADDR));
     fs::write(&haproxy_cfg, &haproxy_text)?;
     let mut haproxy = Haproxy {
         sb: sb.clone(),
@@ -2479,6 +2728,7 @@ fn real_main() -> Result<()> {
         agent: None,
         pass: NsWorker::start(&sb.ns("sw"), || None),
     };
+    let mut node_lbs = NodeLbs::new(&sb, &pgsvc_bin, &inventory, &rendered, &work)?;
     let machine = machine_facts(&sb, &pgsvc_bin);
 
     log("pgbench -i -s 10 through the primary's pgbouncer");
@@ -2519,86 +2769,90 @@ fn real_main() -> Result<()> {
     let mut measurements: Vec<Value> = Vec::new();
     let mut errors: Vec<Value> = Vec::new();
     let t_throughput = Instant::now();
+    let slots = opts.topology.slots();
     for round in 0..opts.rounds {
-        for k in 0..TARGETS.len() {
-            let target = TARGETS[(round + k) % TARGETS.len()];
+        for k in 0..slots.len() {
+            let slot = slots[(round + k) % slots.len()];
             check_stop()?;
             // only the LB under test runs
-            match target {
-                Target::Direct => {
+            match slot {
+                Slot::Lb(Target::Direct) => {
                     haproxy.stop();
                     pgsvc.stop();
+                    node_lbs.stop();
                 }
-                Target::Haproxy => {
+                Slot::Lb(Target::Haproxy) => {
                     pgsvc.stop();
+                    node_lbs.stop();
                     haproxy.start()?;
                 }
-                Target::Pgsvc => {
+                Slot::Lb(Target::Pgsvc) => {
                     haproxy.stop();
+                    node_lbs.stop();
                     pgsvc.start(&client)?;
+                }
+                Slot::Node(lb) => {
+                    haproxy.stop();
+                    pgsvc.stop();
+                    node_lbs.start(lb, &client)?;
                 }
             }
             wait_converged(&client, &haproxy, &pgsvc, Duration::from_secs(60))?;
+            if let Slot::Node(_) = slot {
+                node_lbs.wait_converged(&client, Duration::from_secs(60))?;
+            }
             if !iperf_server.alive() {
                 bail!("iperf3 -s on pg-test-1 exited");
             }
-            let lb_pid = match target {
-                Target::Direct => None,
-                Target::Haproxy => Some(
-                    haproxy
-                        .pid()
-                        .ok_or_else(|| anyhow!("no haproxy pid file in {}", sb.state.display()))?,
-                ),
-                Target::Pgsvc => pgsvc.pid(),
-            };
-            bench.warmup(target)?;
-            let mut kinds = vec![Kind::Simple];
-            if opts.prepared {
-                kinds.push(Kind::Prepared);
-            }
-            kinds.push(Kind::Connect);
-            let mut record = |kind: &str, res: Result<Value>| -> Result<()> {
-                check_stop()?;
-                match res {
-                    Ok(mut v) => {
-                        v["round"] = json!(round + 1);
-                        v["target"] = json!(target.key());
-                        v["kind"] = json!(kind);
-                        log(format!(
-                            "round {}/{} {:<7} {:<15} {}",
-                            round + 1,
-                            opts.rounds,
-                            target.key(),
-                            kind,
-                            summary_line(&v["metrics"])
-                        ));
-                        measurements.push(v);
+            for run in slot_runs(slot, &haproxy, &pgsvc, &node_lbs, opts.prepared)? {
+                bench.warmup(run.to)?;
+                let mut record = |kind: &str, res: Result<Value>| -> Result<()> {
+                    check_stop()?;
+                    match res {
+                        Ok(mut v) => {
+                            v["round"] = json!(round + 1);
+                            v["topology"] = json!(run.topology);
+                            v["target"] = json!(run.key);
+                            v["kind"] = json!(kind);
+                            log(format!(
+                                "round {}/{} {:<14} {:<15} {}",
+                                round + 1,
+                                opts.rounds,
+                                run.key,
+                                kind,
+                                summary_line(&v["metrics"])
+                            ));
+                            measurements.push(v);
+                        }
+                        Err(e) => {
+                            log(format!(
+                                "round {} {} {kind} FAILED: {e:#}",
+                                round + 1,
+                                run.key
+                            ));
+                            errors.push(json!({
+                                "round": round + 1, "topology": run.topology, "target": run.key,
+                                "kind": kind, "error": format!("{e:#}"),
+                            }));
+                        }
                     }
-                    Err(e) => {
-                        log(format!(
-                            "round {} {} {kind} FAILED: {e:#}",
-                            round + 1,
-                            target.key()
-                        ));
-                        errors.push(json!({
-                            "round": round + 1, "target": target.key(), "kind": kind,
-                            "error": format!("{e:#}"),
-                        }));
-                    }
+                    Ok(())
+                };
+                for kind in &run.kinds {
+                    let tag = format!("r{}-{}-{}", round + 1, run.key, kind.key());
+                    let res = bench.pgbench(run.to, *kind, run.short, run.lb_pid, &tag);
+                    record(kind.key(), res)?;
                 }
-                Ok(())
-            };
-            for kind in kinds {
-                let tag = format!("r{}-{}-{}", round + 1, target.key(), kind.key());
-                let res = bench.pgbench(target, kind, lb_pid, &tag);
-                record(kind.key(), res)?;
+                if let Some(target) = run.iperf {
+                    let res = bench.iperf(target, run.lb_pid);
+                    record("iperf", res)?;
+                }
             }
-            let res = bench.iperf(target, lb_pid);
-            record("iperf", res)?;
         }
     }
     haproxy.stop();
     pgsvc.stop();
+    node_lbs.stop();
     iperf_server.stop();
     let throughput_s = t_throughput.elapsed().as_secs_f64();
 
@@ -2652,6 +2906,12 @@ fn real_main() -> Result<()> {
         quiet_at_start && new_during.is_empty() && foreign_cpu_s < 0.01 * run_wall_s;
     let pgsvc_command = show(&pgsvc.command(Path::new("/sys/fs/bpf/<sandbox id>/bench-<n>")));
     let pgsvc_log_tail = tail(&fs::read_to_string(&pgsvc.log).unwrap_or_default(), 40);
+    let node_resident = if opts.topology.node() {
+        node::document(&measurements, &node_lbs, &sb)
+    } else {
+        Value::Null
+    };
+    drop(node_lbs);
     drop(pgsvc);
     drop(haproxy);
     drop(client);
@@ -2692,7 +2952,14 @@ fn real_main() -> Result<()> {
             "warmup_secs": opts.warmup_secs,
             "prepared": opts.prepared,
             "failover_rounds": opts.failover_rounds,
-            "order": "round r visits [direct, haproxy, pgsvc] rotated by r; only the LB under test runs",
+            "topology": opts.topology.key(),
+            "order": format!(
+                "round r visits [{}] rotated by r; only the LB under test runs",
+                opts.topology.slots().iter().map(|s| match s {
+                    Slot::Lb(t) => t.key(),
+                    Slot::Node(lb) => lb.key(),
+                }).collect::<Vec<_>>().join(", ")
+            ),
         },
         "setup": {
             "sandbox_id": sb.id,
@@ -2707,6 +2974,7 @@ fn real_main() -> Result<()> {
         },
         "pgsvc_log_tail": pgsvc_log_tail,
         "figures": figs,
+        "node_resident": node_resident,
         "measurements": measurements,
         "failover_events": events,
         "errors": errors,
@@ -2716,6 +2984,7 @@ fn real_main() -> Result<()> {
     log(format!("wrote {}", opts.out.display()));
     write_reports(&doc, &opts.out, &opts, &root)?;
     print_table(&doc);
+    node::print_table(&doc);
     Ok(())
 }
 
