@@ -164,7 +164,8 @@ fn update(
 /// A scheduled switchover's time as a deadline of the runtime's clock.
 fn deadline(at: Option<SystemTime>) -> Option<tokio::time::Instant> {
     let wait = at?.duration_since(SystemTime::now()).unwrap_or_default();
-    Some(tokio::time::Instant::now() + wait)
+    // A millisecond late rather than early: the holder's step-down is decided on the wall clock.
+    Some(tokio::time::Instant::now() + wait + Duration::from_millis(1))
 }
 
 async fn session(
@@ -185,6 +186,8 @@ async fn session(
         Err(e) => return Ended::Lost(e),
     };
     let (mut keys, mut revision) = (first.keys, first.revision);
+    // Events at or below the revision of the last full read adopted are already in `keys`.
+    let mut floor = revision;
     if !send(&keys, revision, &mut due) {
         return Ended::AgentGone;
     }
@@ -228,6 +231,9 @@ async fn session(
                 }
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
+                    if kv.mod_revision() <= floor {
+                        continue;
+                    }
                     revision = revision.max(kv.mod_revision());
                     let value = match ev.event_type() {
                         EventType::Put => Some(kv.value()),
@@ -270,11 +276,12 @@ async fn session(
                             r.keys.holder, keys.holder
                         ));
                     }
-                    if r.keys != keys {
+                    if r.keys != keys && r.revision == revision {
                         warn!(cluster, "a full read corrected the failover or config key (a lost event)");
                     }
                     keys = r.keys;
                     revision = r.revision;
+                    floor = r.revision;
                 }
                 if !send(&keys, revision, &mut due) {
                     return Ended::AgentGone;
