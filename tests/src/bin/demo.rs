@@ -442,6 +442,11 @@ fn switchover_round(
             f.promoted_t
         ),
     );
+    println!(
+        "      pgsvc                {} fenced on Patroni's step-down request (its failover key) {}s after the command",
+        f.old.name,
+        fmt_s(first_after("the leader steps down".to_owned()), f.event_t)
+    );
     if resumed.is_none() {
         ok = false;
         println!(
