@@ -69,6 +69,9 @@ pub struct DcsClusterStatus {
     pub fencing: bool,
     /// The member holding the leader key (None: no leader, or unknown while not fencing).
     pub leader: Option<String>,
+    /// The holder is asked to step down (Patroni's `/failover` key): why. It is fenced meanwhile.
+    #[serde(default)]
+    pub leader_leaving: Option<String>,
     /// Why REST checks alone decide (None while fencing).
     pub fallback_reason: Option<String>,
     /// etcd revision the view is current at.

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod netns;
 pub mod packet;
 pub mod sandbox;
+pub mod write_errors;
 
 use std::io::Write as _;
 

@@ -1109,6 +1109,27 @@ pub struct Attempt {
     pub err: Option<String>,
 }
 
+/// Every attempt a writer probe recorded in `path` (one JSON line each), in order.
+#[must_use]
+pub fn read_attempts(path: &Path) -> Vec<Attempt> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut v: Vec<Attempt> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|r| Attempt {
+            seq: r["seq"].as_u64().unwrap_or(0),
+            t0: r["t0"].as_f64().unwrap_or(0.0),
+            t1: r["t1"].as_f64().unwrap_or(0.0),
+            ok: r["ok"].as_bool().unwrap_or(false),
+            addr: r["addr"].as_str().map(str::to_owned),
+            in_recovery: r["in_recovery"].as_bool(),
+            err: r["err"].as_str().map(str::to_owned),
+        })
+        .collect();
+    v.sort_by(|a, b| a.t0.total_cmp(&b.t0));
+    v
+}
+
 /// The writer probe running on the client host; stopped on drop.
 pub struct Probe {
     child: ChildGuard,
@@ -1131,22 +1152,7 @@ impl Probe {
 
     /// Every attempt so far, in order.
     pub fn attempts(&self) -> Vec<Attempt> {
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let mut v: Vec<Attempt> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|r| Attempt {
-                seq: r["seq"].as_u64().unwrap_or(0),
-                t0: r["t0"].as_f64().unwrap_or(0.0),
-                t1: r["t1"].as_f64().unwrap_or(0.0),
-                ok: r["ok"].as_bool().unwrap_or(false),
-                addr: r["addr"].as_str().map(str::to_owned),
-                in_recovery: r["in_recovery"].as_bool(),
-                err: r["err"].as_str().map(str::to_owned),
-            })
-            .collect();
-        v.sort_by(|a, b| a.t0.total_cmp(&b.t0));
-        v
+        read_attempts(&self.out)
     }
 
     /// Waits (bounded) until an attempt that started after `after` (epoch) succeeded on `addr`;

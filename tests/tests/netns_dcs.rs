@@ -3,7 +3,8 @@
 //! the way Patroni writes it (`/pg/pg-test/leader` = member name). Checks that write services follow
 //! the key at once (also while the old leader still passes `/primary`), that the key's holder is UP
 //! after one passing check, that a stopped etcd falls back to REST checks alone with a log line and
-//! metrics, and that wrong credentials stop the start with a clear error.
+//! metrics, that wrong credentials stop the start with a clear error, and that Patroni's `/failover`
+//! key (a switchover under way) fences the holder while it still holds the leader key.
 
 use std::{
     collections::BTreeSet,
@@ -17,12 +18,13 @@ use etcd_client::{Client, ConnectOptions, Permission};
 use pgsvc_tests::{
     agent_rig::{AgentRig, LB, pgsvc_bin},
     guard::{ChildGuard, PinDir},
-    netns::NsWorker,
+    netns::{Conn, NsWorker},
     require_root,
 };
 
 const ETCD: &str = "/usr/bin/etcd";
 const LEADER_KEY: &str = "/pg/pg-test/leader";
+const FAILOVER_KEY: &str = "/pg/pg-test/failover";
 
 fn stub() -> &'static str {
     env!("CARGO_BIN_EXE_patroni-stub")
@@ -131,6 +133,11 @@ impl Etcd {
         self.with(None, async move |c| {
             c.put(key, value, None).await.map(|_| ())
         })
+    }
+
+    fn delete(&self, key: &str) -> Result<(), etcd_client::Error> {
+        let key = key.to_owned();
+        self.with(None, async move |c| c.delete(key, None).await.map(|_| ()))
     }
 }
 
@@ -406,4 +413,146 @@ fn a_wrong_etcd_password_stops_the_start_with_a_clear_error() {
     );
     assert!(!pins.path().exists(), "a refused start left pins behind");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Where each of `n` new connections to `port` lands, or why it did not (connect timeout 300 ms:
+/// a SYN the agent drops for want of a server times out).
+fn try_land(rig: &AgentRig, port: u16, n: usize) -> Vec<Result<String, String>> {
+    (0..n)
+        .map(|_| {
+            rig.client.run(move |_| {
+                Conn::open_timeout(
+                    SocketAddr::from((pgsvc_tests::agent_rig::VIP, port)),
+                    Duration::from_millis(300),
+                )
+                .map(|c| {
+                    let s = c.server.clone();
+                    c.abort();
+                    s
+                })
+                .map_err(|e| e.to_string())
+            })
+        })
+        .collect()
+}
+
+/// An ISO 8601 UTC time `ahead` from now, as Patroni writes `scheduled_at`.
+fn iso_in(ahead: Duration) -> String {
+    let at = std::time::SystemTime::now() + ahead;
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S+00:00"])
+        .output()
+        .expect("date");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+fn stepping_down(rig: &AgentRig) -> bool {
+    let s = rig.server_status("pg-test-primary", "pg-test-1");
+    s["fenced"] == true && s["active"] == false
+}
+
+#[test]
+fn a_failover_key_fences_the_holder_that_keeps_the_leader_key() {
+    if !can_run("a_failover_key_fences_the_holder_that_keeps_the_leader_key") {
+        return;
+    }
+    let (rig, etcd) = rig_with_etcd(SLOW, &["--check-burst", "0"]);
+    assert_eq!(set(&rig.land(5433, 4)), one("pg-test-1:6432"));
+    let mut session = rig.connect(5433).expect("session to 5433");
+    assert_eq!(session.server, "pg-test-1:6432");
+    assert_eq!(session.echo(b"ping").expect("echo before"), b"ping");
+
+    // `patronictl switchover`: Patroni's REST API writes the failover key; the leader keeps the
+    // leader key (and answers 200 on /primary) while its PostgreSQL shuts down.
+    let asked = Instant::now();
+    etcd.put(
+        FAILOVER_KEY,
+        r#"{"leader":"pg-test-1","member":"pg-test-2"}"#,
+    )
+    .expect("failover key");
+    let took = rig.wait_for("pg-test-1 fenced", Duration::from_secs(3), stepping_down);
+    let d = &rig.status()["dcs"][0];
+    assert_eq!(d["leader"], "pg-test-1", "{d}");
+    assert!(
+        d["leader_leaving"]
+            .as_str()
+            .is_some_and(|w| w.contains("pg-test-2")),
+        "{d}"
+    );
+    // From that moment no new connection reaches the holder, on either write port.
+    for port in [5433, 5436] {
+        let tries = try_land(&rig, port, 4);
+        assert!(
+            tries
+                .iter()
+                .all(|t| !matches!(t, Ok(s) if s.starts_with("pg-test-1:"))),
+            "a new connection to {port} reached the stepping-down holder: {tries:?}"
+        );
+    }
+    assert!(
+        session.echo(b"pong").is_err(),
+        "the stepping-down holder's session survived"
+    );
+    // Its REST check never failed: the failover key alone did it.
+    assert_eq!(
+        rig.server_status("pg-test-primary", "pg-test-1")["state"],
+        "UP"
+    );
+    let log = rig.log_text();
+    assert!(
+        log.contains("steps down"),
+        "no step-down line in the log:\n{log}"
+    );
+    eprintln!(
+        "dcs: holder fenced {took:?} after the failover key was written ({:?} in all)",
+        asked.elapsed()
+    );
+
+    // Patroni refuses the request and writes `{}`: the holder is back at once.
+    etcd.put(FAILOVER_KEY, "{}")
+        .expect("clean the failover key");
+    rig.wait_for("pg-test-1 back", Duration::from_secs(3), |r| {
+        r.server_status("pg-test-primary", "pg-test-1")["active"] == true
+    });
+    assert_eq!(set(&rig.land(5433, 4)), one("pg-test-1:6432"));
+    assert_eq!(
+        rig.status()["dcs"][0]["leader_leaving"],
+        serde_json::Value::Null
+    );
+
+    // A scheduled switchover fences nothing before its time, and the holder from then on.
+    let scheduled = Instant::now();
+    etcd.put(
+        FAILOVER_KEY,
+        &format!(
+            r#"{{"leader":"pg-test-1","scheduled_at":"{}"}}"#,
+            iso_in(Duration::from_secs(3))
+        ),
+    )
+    .expect("scheduled switchover");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(set(&rig.land(5433, 3)), one("pg-test-1:6432"));
+    rig.wait_for(
+        "the scheduled step-down",
+        Duration::from_secs(8),
+        stepping_down,
+    );
+    let at = scheduled.elapsed();
+    // The key's time has whole seconds: due 2–3 s after it was written.
+    assert!(
+        at >= Duration::from_millis(1900),
+        "fenced {at:?} after a switchover scheduled 2–3 s ahead"
+    );
+    etcd.delete(FAILOVER_KEY).expect("delete the failover key");
+    rig.wait_for("pg-test-1 back", Duration::from_secs(3), |r| {
+        r.server_status("pg-test-primary", "pg-test-1")["active"] == true
+    });
+    eprintln!("dcs: a switchover scheduled 2–3 s ahead fenced the holder after {at:?}");
 }

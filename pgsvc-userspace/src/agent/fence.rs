@@ -5,6 +5,10 @@
 //!   shutdown-sessions`, its sessions are reset — it is marked down the way a failed check marks it;
 //! - when the key arrives at a member, one successful check after the arrival makes it UP (rise 1:
 //!   the key plus a passing `/primary` is stronger evidence than `rise` passes without it);
+//! - while Patroni's `/failover` key asks the holder to step down (a switchover or failover under
+//!   way: its PostgreSQL is about to stop although it keeps the key until then), the holder is fenced
+//!   too — new connections get no server, its sessions are reset the same way — and when the request
+//!   goes away with the holder unchanged (Patroni refused it), it is back at once;
 //! - read services keep HAProxy's semantics, and without a DCS view (`--dcs off`, etcd unreachable,
 //!   the key absent under Patroni's `failsafe_mode`) REST checks alone decide, as before.
 
@@ -36,6 +40,15 @@ pub(super) struct Tenure {
     pub checks_at_arrival: HashMap<CheckKey, u64>,
     /// The holder was not UP when the key arrived: its slowstart runs from the arrival.
     pub rose_under_key: bool,
+    /// The holder is asked to step down (why): fenced like the others.
+    pub leaving: Option<String>,
+}
+
+impl Tenure {
+    /// Whether `server` may take the write services' traffic under this tenure.
+    fn admits(&self, server: &str) -> bool {
+        self.leaving.is_none() && self.holder.as_deref() == Some(server)
+    }
 }
 
 /// What the agent knows of one cluster's DCS.
@@ -67,15 +80,48 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         }
         c.confirmed = u.endpoint.is_some().then_some(u.confirmed);
         match &u.view {
-            LeaderView::Leader(holder) => self.on_leader(&u.cluster, holder.clone(), now),
+            LeaderView::Leader(holder) => {
+                self.on_key(&u.cluster, holder.clone(), u.leaving.clone(), now);
+            }
             LeaderView::Fallback(reason) => self.on_dcs_fallback(&u.cluster, reason, now),
         }
     }
 
     /// The leader key of `cluster` is held by `holder` (None: no leader): fence its write services.
     pub fn on_leader(&mut self, cluster: &str, holder: Option<String>, now: Instant) {
+        self.on_key(cluster, holder, None, now);
+    }
+
+    /// The leader key of `cluster` is held by `holder`, which is asked to step down when `leaving`
+    /// says why: fence its write services on both.
+    pub fn on_key(
+        &mut self,
+        cluster: &str,
+        holder: Option<String>,
+        leaving: Option<String>,
+        now: Instant,
+    ) {
         let c = self.fence.clusters.entry(cluster.to_owned()).or_default();
-        if c.tenure.as_ref().is_some_and(|t| t.holder == holder) {
+        if let Some(t) = c.tenure.as_mut()
+            && t.holder == holder
+        {
+            if t.leaving == leaving {
+                return;
+            }
+            match &leaving {
+                Some(why) => warn!(
+                    cluster,
+                    reason = why.as_str(),
+                    "the leader steps down: fenced"
+                ),
+                None => info!(
+                    cluster,
+                    leader = holder.as_deref().unwrap_or("(none)"),
+                    "the step-down request is gone and the leader kept the key: back in"
+                ),
+            }
+            t.leaving = leaving;
+            self.refence(cluster, now);
             return;
         }
         let write: Vec<ServicePlan> = self.write_services(cluster).cloned().collect();
@@ -109,11 +155,19 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         );
         let c = self.fence.clusters.entry(cluster.to_owned()).or_default();
         c.fallback_reason = None;
+        if let Some(why) = &leaving {
+            warn!(
+                cluster,
+                reason = why.as_str(),
+                "the leader steps down: fenced"
+            );
+        }
         c.tenure = Some(Tenure {
             rose_under_key: holder.is_some() && !was_up,
             holder,
             since: now,
             checks_at_arrival,
+            leaving,
         });
         self.refence(cluster, now);
     }
@@ -186,7 +240,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         let Some(t) = self.tenure_for(svc) else {
             return base;
         };
-        if t.holder.as_deref() != Some(srv.name.as_str()) {
+        if !t.admits(&srv.name) {
             return ServerStatus::Down;
         }
         match base {
@@ -216,8 +270,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
 
     /// `srv` is out of `svc` because another member holds the key.
     pub(super) fn is_fenced(&self, svc: &ServicePlan, srv: &ServerPlan) -> bool {
-        self.tenure_for(svc)
-            .is_some_and(|t| t.holder.as_deref() != Some(srv.name.as_str()))
+        self.tenure_for(svc).is_some_and(|t| !t.admits(&srv.name))
     }
 
     /// The DCS part of the status snapshot.
@@ -231,6 +284,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                 endpoint: c.endpoint.clone(),
                 fencing: c.tenure.is_some(),
                 leader: c.tenure.as_ref().and_then(|t| t.holder.clone()),
+                leader_leaving: c.tenure.as_ref().and_then(|t| t.leaving.clone()),
                 fallback_reason: c.fallback_reason.clone(),
                 revision: c.revision,
                 watch_lag_seconds: c
@@ -261,6 +315,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             .clusters
             .get(cluster)
             .and_then(|c| c.tenure.as_ref())
+            .filter(|t| t.leaving.is_none())
             .and_then(|t| t.holder.as_deref())
         else {
             return false;
@@ -279,12 +334,11 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
     /// the key took out, and checks the holder now.
     fn refence(&mut self, cluster: &str, now: Instant) {
         let services: Vec<ServicePlan> = self.write_services(cluster).cloned().collect();
-        let holder = self
+        let tenure = self
             .fence
             .clusters
             .get(cluster)
-            .and_then(|c| c.tenure.as_ref())
-            .map(|t| t.holder.clone());
+            .and_then(|c| c.tenure.clone());
         let mut fenced = 0;
         for svc in &services {
             let up_before: HashSet<String> = self
@@ -298,25 +352,27 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                 })
                 .unwrap_or_default();
             self.rebalance(&svc.name, now);
-            if let Some(holder) = &holder {
+            if let Some(t) = &tenure {
+                let holder = t.holder.as_deref();
                 let set = self.applied.get(&svc.name);
                 for name in &up_before {
                     let up_now = set.is_some_and(|s| s.iter().any(|b| &b.name == name && b.up));
-                    if !up_now && holder.as_deref() != Some(name.as_str()) {
+                    if !up_now && !t.admits(name) {
                         fenced += 1;
                         warn!(
                             service = svc.name,
                             server = name,
-                            leader = holder.as_deref().unwrap_or("(none)"),
-                            "fenced: does not hold the leader key; out of the active set"
+                            leader = holder.unwrap_or("(none)"),
+                            "fenced: {}; out of the active set",
+                            if holder == Some(name.as_str()) {
+                                "holds the leader key but is asked to step down"
+                            } else {
+                                "does not hold the leader key"
+                            }
                         );
                     }
                 }
-                for srv in svc
-                    .servers
-                    .iter()
-                    .filter(|v| holder.as_deref() == Some(v.name.as_str()))
-                {
+                for srv in svc.servers.iter().filter(|v| t.admits(&v.name)) {
                     self.checks.poke(&CheckKey::for_server(svc, srv));
                 }
             }

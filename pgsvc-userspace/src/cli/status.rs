@@ -283,10 +283,16 @@ fn service_cells(svc: &ServiceStatus) -> Vec<String> {
 /// One cluster's leader key: who holds it and whether write services follow it, or why not.
 fn dcs_line(d: &crate::status::DcsClusterStatus) -> String {
     let view = if d.fencing {
-        format!(
-            "leader {} (write services follow the key)",
-            d.leader.as_deref().unwrap_or("none")
-        )
+        match &d.leader_leaving {
+            None => format!(
+                "leader {} (write services follow the key)",
+                d.leader.as_deref().unwrap_or("none")
+            ),
+            Some(why) => format!(
+                "leader {} STEPPING DOWN, fenced: {why}",
+                d.leader.as_deref().unwrap_or("none")
+            ),
+        }
     } else {
         format!(
             "REST checks alone: {}",

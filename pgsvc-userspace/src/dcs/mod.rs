@@ -7,11 +7,16 @@
 //!   vip-manager and Patroni (the `etcd` group on `etcd_port`, TLS files under `/pg/cert`, RBAC
 //!   user = cluster name, `pg_etcd_password`), overridden by `--etcd-*` flags.
 //! - [`watch`]: one task per cluster that turns what etcd says into [`DcsUpdate`]s for the agent.
+//! - [`keys`]: what the cluster's keys say (leader, `/failover`, `/config`).
+//! - [`failover`]: Patroni's `/failover` request as early evidence that the holder is demoting.
 //!
 //! The agent fences write services on [`LeaderView::Leader`] and falls back to REST checks alone on
 //! [`LeaderView::Fallback`] (etcd unreachable, or the key absent while Patroni's `failsafe_mode` keeps
-//! the primary running without the DCS).
+//! the primary running without the DCS), and fences the holder too while [`DcsUpdate::leaving`] says
+//! a switchover or failover asks it to step down.
 
+pub mod failover;
+pub mod keys;
 pub mod settings;
 pub mod watch;
 
@@ -34,6 +39,9 @@ pub enum LeaderView {
 pub struct DcsUpdate {
     pub cluster: String,
     pub view: LeaderView,
+    /// The key's holder is asked to step down now (Patroni's `/failover` key; see [`failover`]):
+    /// why. Its PostgreSQL is about to stop although it still holds the key.
+    pub leaving: Option<String>,
     /// The endpoint answering (None while none does).
     pub endpoint: Option<String>,
     /// etcd's revision the view is current at (0 when unknown).

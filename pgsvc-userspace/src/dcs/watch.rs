@@ -1,5 +1,6 @@
-//! The watch of one cluster's leader key: connect (TLS, RBAC user), read the key and Patroni's
-//! `failsafe_mode`, watch from the next revision, ask for a progress answer every second (so a dead
+//! The watch of one cluster's keys: connect (TLS, RBAC user), read the cluster's prefix (the leader
+//! key, Patroni's `/failover` request and its `failsafe_mode` and `pause`, see [`super::keys`]),
+//! watch the prefix from the next revision, ask for a progress answer every second (so a dead
 //! etcd is noticed within [`SILENCE_LIMIT`]), re-read in full every [`FULL_READ_EVERY`] (a lost event
 //! is corrected there), and start over on a cancelled or compacted watch. Every observation goes to
 //! the agent as a [`DcsUpdate`]; while etcd cannot be reached the view is
@@ -7,17 +8,20 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, Identity, TlsOptions, WatchOptions,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
 };
 use thiserror::Error;
 use tokio::{sync::mpsc, task::JoinHandle, time::timeout};
 use tracing::{debug, info, warn};
 
-use super::{DcsUpdate, EtcdSettings, LeaderView, config_key, leader_key};
+use super::{
+    DcsUpdate, EtcdSettings, LeaderView,
+    keys::{ClusterKeys, prefix},
+};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,7 +69,7 @@ impl DcsError {
 /// As [`DcsError`]; only [`DcsError::is_fatal`] ones should stop a start.
 pub async fn probe(cluster: &str, s: &EtcdSettings) -> Result<Option<String>, DcsError> {
     let mut client = connect(s).await?;
-    read(&mut client, s, cluster).await.map(|r| r.holder)
+    read(&mut client, s, cluster).await.map(|r| r.keys.holder)
 }
 
 /// Starts the watch of `cluster`'s leader key; updates go to `tx` until the task is aborted.
@@ -118,6 +122,7 @@ fn report(
     let _ = tx.send(DcsUpdate {
         cluster: cluster.to_owned(),
         view: LeaderView::Fallback(message),
+        leaving: None,
         endpoint: None,
         revision: 0,
         confirmed: Instant::now(),
@@ -131,21 +136,36 @@ enum Ended {
     AgentGone,
 }
 
-/// The leader key and Patroni's failsafe setting, at a revision.
+/// The cluster's keys at a revision.
 struct Read {
-    holder: Option<String>,
-    failsafe: bool,
+    keys: ClusterKeys,
     revision: i64,
 }
 
-fn view(holder: Option<&str>, failsafe: bool) -> LeaderView {
-    match holder {
-        None if failsafe => LeaderView::Fallback(
-            "no leader key while Patroni's failsafe_mode is on (the primary may run without the DCS)"
-                .to_owned(),
-        ),
-        h => LeaderView::Leader(h.map(str::to_owned)),
-    }
+/// The update for `keys` at `revision`, and when to look again (a scheduled switchover).
+fn update(
+    cluster: &str,
+    endpoint: &str,
+    keys: &ClusterKeys,
+    revision: i64,
+) -> (DcsUpdate, Option<SystemTime>) {
+    let (leaving, again) = keys.leaving(SystemTime::now());
+    let u = DcsUpdate {
+        cluster: cluster.to_owned(),
+        view: keys.view(),
+        leaving,
+        endpoint: Some(endpoint.to_owned()),
+        revision,
+        confirmed: Instant::now(),
+    };
+    (u, again)
+}
+
+/// A scheduled switchover's time as a deadline of the runtime's clock.
+fn deadline(at: Option<SystemTime>) -> Option<tokio::time::Instant> {
+    let wait = at?.duration_since(SystemTime::now()).unwrap_or_default();
+    // A millisecond late rather than early: the holder's step-down is decided on the wall clock.
+    Some(tokio::time::Instant::now() + wait + Duration::from_millis(1))
 }
 
 async fn session(
@@ -155,30 +175,28 @@ async fn session(
     tx: &mpsc::UnboundedSender<DcsUpdate>,
 ) -> Ended {
     let endpoint = s.endpoints.join(",");
-    let send = |holder: Option<&str>, failsafe: bool, revision: i64| {
-        tx.send(DcsUpdate {
-            cluster: cluster.to_owned(),
-            view: view(holder, failsafe),
-            endpoint: Some(endpoint.clone()),
-            revision,
-            confirmed: Instant::now(),
-        })
-        .is_ok()
+    let mut due: Option<tokio::time::Instant> = None;
+    let send = |keys: &ClusterKeys, revision: i64, due: &mut Option<tokio::time::Instant>| {
+        let (u, again) = update(cluster, &endpoint, keys, revision);
+        *due = deadline(again);
+        tx.send(u).is_ok()
     };
     let first = match read(client, s, cluster).await {
         Ok(r) => r,
         Err(e) => return Ended::Lost(e),
     };
-    let (mut holder, failsafe, mut revision) = (first.holder, first.failsafe, first.revision);
-    let mut failsafe = failsafe;
-    if !send(holder.as_deref(), failsafe, revision) {
+    let (mut keys, mut revision) = (first.keys, first.revision);
+    // Events at or below the revision of the last full read adopted are already in `keys`.
+    let mut floor = revision;
+    if !send(&keys, revision, &mut due) {
         return Ended::AgentGone;
     }
-    let key = leader_key(&s.namespace, cluster);
+    let pfx = prefix(&s.namespace, cluster);
     let opts = WatchOptions::new()
+        .with_prefix()
         .with_start_revision(revision + 1)
         .with_progress_notify();
-    let mut stream = match timeout(REQUEST_TIMEOUT, client.watch(key.as_str(), Some(opts))).await {
+    let mut stream = match timeout(REQUEST_TIMEOUT, client.watch(pfx.as_str(), Some(opts))).await {
         Ok(Ok(w)) => w,
         Ok(Err(e)) => return Ended::Lost(classify(s, e)),
         Err(_) => return Ended::Lost(silent(s, REQUEST_TIMEOUT)),
@@ -188,6 +206,7 @@ async fn session(
     full.tick().await;
     let mut last_answer = Instant::now();
     loop {
+        let at = due;
         tokio::select! {
             msg = stream.message() => {
                 let resp = match msg {
@@ -212,16 +231,28 @@ async fn session(
                 }
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
+                    if kv.mod_revision() <= floor {
+                        continue;
+                    }
                     revision = revision.max(kv.mod_revision());
-                    holder = match ev.event_type() {
-                        EventType::Put => kv.value_str().ok().map(str::to_owned),
+                    let value = match ev.event_type() {
+                        EventType::Put => Some(kv.value()),
                         EventType::Delete => None,
                     };
+                    keys.apply(&pfx, kv.key(), value);
                 }
                 if let Some(h) = resp.header() {
                     revision = revision.max(h.revision());
                 }
-                if !send(holder.as_deref(), failsafe, revision) {
+                if !send(&keys, revision, &mut due) {
+                    return Ended::AgentGone;
+                }
+            }
+            () = async { tokio::time::sleep_until(at.unwrap_or_else(tokio::time::Instant::now)).await },
+                if at.is_some() =>
+            {
+                // A scheduled switchover is due: the holder steps down now.
+                if !send(&keys, revision, &mut due) {
                     return Ended::AgentGone;
                 }
             }
@@ -238,15 +269,21 @@ async fn session(
                     Ok(r) => r,
                     Err(e) => return Ended::Lost(e),
                 };
-                failsafe = r.failsafe;
-                if r.holder != holder && r.revision >= revision {
-                    return Ended::Resync(format!(
-                        "a full read found leader {:?} where the watch said {:?} (a lost event)",
-                        r.holder, holder
-                    ));
+                if r.revision >= revision {
+                    if r.keys.holder != keys.holder {
+                        return Ended::Resync(format!(
+                            "a full read found leader {:?} where the watch said {:?} (a lost event)",
+                            r.keys.holder, keys.holder
+                        ));
+                    }
+                    if r.keys != keys && r.revision == revision {
+                        warn!(cluster, "a full read corrected the failover or config key (a lost event)");
+                    }
+                    keys = r.keys;
+                    revision = r.revision;
+                    floor = r.revision;
                 }
-                revision = revision.max(r.revision);
-                if !send(holder.as_deref(), failsafe, revision) {
+                if !send(&keys, revision, &mut due) {
                     return Ended::AgentGone;
                 }
             }
@@ -254,40 +291,23 @@ async fn session(
     }
 }
 
+/// Reads the cluster's prefix in one request (one revision): the leader key, the failover request
+/// and the configuration.
 async fn read(client: &mut Client, s: &EtcdSettings, cluster: &str) -> Result<Read, DcsError> {
-    let key = leader_key(&s.namespace, cluster);
-    let resp = match timeout(REQUEST_TIMEOUT, client.get(key.as_str(), None)).await {
+    let pfx = prefix(&s.namespace, cluster);
+    let opts = GetOptions::new().with_prefix();
+    let resp = match timeout(REQUEST_TIMEOUT, client.get(pfx.as_str(), Some(opts))).await {
         Ok(r) => r.map_err(|e| classify(s, e))?,
         Err(_) => return Err(silent(s, REQUEST_TIMEOUT)),
     };
     let revision = resp
         .header()
         .map_or(0, etcd_client::ResponseHeader::revision);
-    let holder = resp
-        .kvs()
-        .first()
-        .and_then(|kv| kv.value_str().ok())
-        .map(str::to_owned);
-    let cfg = config_key(&s.namespace, cluster);
-    let failsafe = match timeout(REQUEST_TIMEOUT, client.get(cfg.as_str(), None)).await {
-        Ok(Ok(r)) => r.kvs().first().is_some_and(|kv| failsafe_mode(kv.value())),
-        Ok(Err(e)) => return Err(classify(s, e)),
-        Err(_) => return Err(silent(s, REQUEST_TIMEOUT)),
-    };
-    Ok(Read {
-        holder,
-        failsafe,
-        revision,
-    })
-}
-
-/// Whether Patroni's dynamic configuration (JSON) turns `failsafe_mode` on.
-#[must_use]
-pub fn failsafe_mode(config: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(config)
-        .ok()
-        .and_then(|v| v.get("failsafe_mode").and_then(serde_json::Value::as_bool))
-        .unwrap_or(false)
+    let mut keys = ClusterKeys::default();
+    for kv in resp.kvs() {
+        keys.apply(&pfx, kv.key(), Some(kv.value()));
+    }
+    Ok(Read { keys, revision })
 }
 
 fn silent(s: &EtcdSettings, after: Duration) -> DcsError {
@@ -432,27 +452,4 @@ mod tonic_code {
     pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failsafe_mode_is_read_from_patronis_config() {
-        assert!(failsafe_mode(br#"{"ttl":30,"failsafe_mode":true}"#));
-        assert!(!failsafe_mode(br#"{"ttl":30,"failsafe_mode":false}"#));
-        assert!(!failsafe_mode(br#"{"ttl":30}"#));
-        assert!(!failsafe_mode(b"not json"));
-    }
-
-    #[test]
-    fn without_a_leader_failsafe_mode_falls_back_to_rest_checks() {
-        assert_eq!(view(None, false), LeaderView::Leader(None));
-        assert!(matches!(view(None, true), LeaderView::Fallback(r) if r.contains("failsafe_mode")));
-        assert_eq!(
-            view(Some("pg-test-1"), true),
-            LeaderView::Leader(Some("pg-test-1".into()))
-        );
-    }
 }

@@ -41,6 +41,8 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use pgsvc::datapath::pass::PassProgram;
 use pgsvc_tests::netns::NsWorker;
+use pgsvc_tests::sandbox::{Attempt, read_attempts};
+use pgsvc_tests::write_errors::WriteTally;
 use serde_json::{Value, json};
 
 #[path = "bench-e2e/node.rs"]
@@ -1267,6 +1269,32 @@ fn oracle_window(probes: &[Vec<(f64, f64, bool)>], event: f64) -> Option<(f64, u
         .map(|r| (r.1 - first_fail, old, new))
 }
 
+/// The failed attempts of a client that follows the primary itself: the old primary's direct probe
+/// until the new primary's first commit after the event, the new one's from then on.
+fn direct_tally(
+    direct: &[Vec<Attempt>],
+    oracle: Option<(f64, usize, usize)>,
+    event: f64,
+) -> Option<WriteTally> {
+    let (_, old, new) = oracle?;
+    let switch = direct[new]
+        .iter()
+        .find(|a| a.ok && a.t0 >= event)
+        .map_or(f64::INFINITY, |a| a.t0);
+    let mut follow: Vec<Attempt> = if old == new {
+        direct[old].clone()
+    } else {
+        direct[old]
+            .iter()
+            .filter(|a| a.t0 < switch)
+            .chain(direct[new].iter().filter(|a| a.t0 >= switch))
+            .cloned()
+            .collect()
+    };
+    follow.sort_by(|a, b| a.t0.total_cmp(&b.t0));
+    Some(WriteTally::of(&follow, event, f64::INFINITY))
+}
+
 fn start_probe(
     sb: &Sb,
     work: &Path,
@@ -1371,12 +1399,15 @@ fn failover_event(
         "event_output": tail(&out.stdout, 6),
     });
     let mut direct = Vec::new();
+    let mut direct_attempts = Vec::new();
     for p in &probes {
         let recs = probe_records(&p.file)?;
         if p.target.starts_with("direct") {
             direct.push(recs);
+            direct_attempts.push(read_attempts(&p.file));
             continue;
         }
+        let errors = WriteTally::of(&read_attempts(&p.file), event, f64::INFINITY);
         let w = lb_window(&recs, event).map(|w| round(w, 3));
         // writer_probe.py's own summary: its window, safety checks and lost-write verification
         let summary = run(
@@ -1406,6 +1437,7 @@ fn failover_event(
             "attempts": ev.as_ref().map(|e| e["attempts"].clone()),
             "violations": summary.as_ref().map(|s| s["violations"].clone()),
             "lost_writes": summary.as_ref().map(|s| s["verify"]["lost_count"].clone()),
+            "errors": errors.to_json(),
         });
     }
     let oracle = oracle_window(&direct, event);
@@ -1421,6 +1453,7 @@ fn failover_event(
             "last_fail_after_event_s": recs.iter().filter(|r| !r.2 && r.0 >= event).map(|r| round(r.0 - event, 3)).reduce(f64::max),
         })).collect::<Vec<_>>(),
         "definition": "first failed write on the old primary's pgbouncer -> first write committed on the new primary's pgbouncer (probes straight to pg-test-1:6432 and pg-test-2:6432)",
+        "errors": direct_tally(&direct_attempts, oracle, event).map(|t| t.to_json()),
     });
     if kind != "switchover" {
         run_ok(sb.cmd().arg("revive"), Duration::from_secs(420))?;
@@ -2098,13 +2131,23 @@ fn markdown(doc: &Value, datapath: Option<&Value>, svg_rel: &str, json_rel: &str
     let _ = writeln!(s, "\n### Failover events\n");
     let _ = writeln!(
         s,
-        "| event | primary before | direct (s) | HAProxy (s) | pgsvc (s) | HAProxy lost writes | pgsvc lost writes |"
+        "| event | primary before | direct (s) | HAProxy (s) | pgsvc (s) | HAProxy lost writes | pgsvc lost writes | \"server login has been failing\" direct / HAProxy / pgsvc | writes on a non-leader direct / HAProxy / pgsvc |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let per_lb = |e: &Value, field: &str| {
+        ["direct", "haproxy", "pgsvc"]
+            .iter()
+            .map(|t| match e[*t]["errors"][field].as_u64() {
+                Some(n) => n.to_string(),
+                None => "–".to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     for e in doc["failover_events"].as_array().unwrap_or(&empty) {
         let _ = writeln!(
             s,
-            "| {} {} | {} | {} | {} | {} | {} | {} |",
+            "| {} {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             e["kind"].as_str().unwrap_or(""),
             e["round"],
             e["primary_before"].as_str().unwrap_or(""),
@@ -2113,8 +2156,18 @@ fn markdown(doc: &Value, datapath: Option<&Value>, svg_rel: &str, json_rel: &str
             num(&e["pgsvc"]["window_s"]),
             e["haproxy"]["lost_writes"],
             e["pgsvc"]["lost_writes"],
+            per_lb(e, "login_failing"),
+            per_lb(e, "non_leader_writes"),
         );
     }
+    let _ = writeln!(
+        s,
+        "\n\"server login has been failing\": attempts answered so by a pgbouncer whose postgres is stopping \
+         (the demoting primary). Writes on a non-leader: attempts refused as read-only, writes acknowledged \
+         in recovery, and writes acknowledged by another node after the final writer's first. Direct = a \
+         client following the primary (the old primary's direct probe until the new one's first commit). \
+         Every failed attempt by kind is under `errors` in the JSON."
+    );
 
     let _ = writeln!(s, "\n## How it is measured\n");
     let _ = writeln!(

@@ -33,6 +33,7 @@ use pgsvc_tests::sandbox::{
     ADMIN, Attempt, LB_ADDR, MEMBERS, Member, Pgsvc, Probe, Sandbox, VIP, epoch, norm,
     pgsvc_binary, preflight,
 };
+use pgsvc_tests::write_errors::WriteTally;
 use serde_json::Value;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -367,6 +368,32 @@ fn switchover_round(
     // Failures after writes first came back on the new primary: the window above ends at the first
     // success after the LAST failure, so a later outage is named here rather than hidden.
     let attempts = writes.attempts();
+    // Issue 11: attempts the demoting primary's pgbouncer answered, and writes on a non-leader.
+    let tally = WriteTally::of(&attempts, f.event_t, f64::INFINITY);
+    println!(
+        "      failed by kind       {}",
+        if tally.by_kind.is_empty() {
+            "none".to_owned()
+        } else {
+            tally
+                .by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    println!(
+        "      demoting primary     {} attempt(s) answered \"server login has been failing\"",
+        tally.login_failing()
+    );
+    println!(
+        "      non-leader writes    {} ({} refused read-only, {} acknowledged in recovery, {} by a second writer)",
+        tally.non_leader(),
+        tally.by_kind.get("read_only").copied().unwrap_or(0),
+        tally.acked_in_recovery,
+        tally.acked_off_leader
+    );
     let new_addr = f.new.addr.to_string();
     if let Some(back) = attempts
         .iter()
@@ -414,6 +441,11 @@ fn switchover_round(
             first_after(format!("pg-test-primary/{} is UP", f.new.name)),
             f.promoted_t
         ),
+    );
+    println!(
+        "      pgsvc                {} fenced on Patroni's step-down request (its failover key) {}s after the command",
+        f.old.name,
+        fmt_s(first_after("the leader steps down".to_owned()), f.event_t)
     );
     if resumed.is_none() {
         ok = false;

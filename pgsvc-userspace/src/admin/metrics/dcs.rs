@@ -41,6 +41,12 @@ pub(super) fn dcs(e: &mut Exposition, s: &Status) {
         }),
     );
     e.family(
+        "pgsvc_dcs_leader_leaving",
+        Kind::Gauge,
+        "1 while a switchover or failover asks the key's holder to step down (it is fenced meanwhile).",
+        each(|c| c.leader_leaving.is_some().into()),
+    );
+    e.family(
         "pgsvc_dcs_watch_lag_seconds",
         Kind::Gauge,
         "Seconds since etcd last confirmed the leader view (read, event or progress answer).",
@@ -104,6 +110,7 @@ mod tests {
             "pgsvc_dcs_fencing{cluster=\"pg-test\"} 1",
             "pgsvc_dcs_fallback{cluster=\"pg-test\"} 0",
             "pgsvc_dcs_leader{cluster=\"pg-test\",member=\"pg-test-1\"} 1",
+            "pgsvc_dcs_leader_leaving{cluster=\"pg-test\"} 0",
             "pgsvc_dcs_watch_lag_seconds{cluster=\"pg-test\"} 0.25",
             "pgsvc_dcs_revision{cluster=\"pg-test\"} 77",
             "pgsvc_dcs_fence_events_total{cluster=\"pg-test\"} 3",
@@ -117,6 +124,12 @@ mod tests {
             s.services[0].name, s.services[0].servers[1].name
         );
         assert!(m.lines().any(|l| l == fenced), "missing {fenced:?}");
+
+        s.dcs[0].leader_leaving = Some("switchover".into());
+        let m = super::super::render_metrics(&s);
+        let leaving = "pgsvc_dcs_leader_leaving{cluster=\"pg-test\"} 1";
+        assert!(m.lines().any(|l| l == leaving), "missing {leaving:?}");
+        s.dcs[0].leader_leaving = None;
 
         s.dcs[0].fencing = false;
         s.dcs[0].connected = false;

@@ -260,6 +260,7 @@ fn dcs_updates_set_the_view_connection_and_lag() {
     let update = |view, endpoint: Option<&str>| DcsUpdate {
         cluster: "pg-test".into(),
         view,
+        leaving: None,
         endpoint: endpoint.map(str::to_owned),
         revision: 42,
         confirmed,
@@ -305,4 +306,116 @@ fn a_holder_in_maint_is_not_awaited() {
     leader(&mut h, Some("pg-test-2"), 1.0);
     assert!(active(&h.last_write(PRIMARY)).is_empty());
     assert!(!h.rec.fence_awaiting());
+}
+
+fn key(h: &mut Harness, holder: &str, leaving: Option<&str>, at: f64) {
+    let t = h.at(at);
+    h.rec.on_key(
+        "pg-test",
+        Some(holder.to_owned()),
+        leaving.map(str::to_owned),
+        t,
+    );
+}
+
+#[test]
+fn a_holder_asked_to_step_down_is_fenced_and_back_at_once_when_refused() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    leader(&mut h, Some("pg-test-1"), 1.0);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+    h.dp().open(PRIMARY, "pg-test-1", 4);
+    h.dp().open(REPLICA, "pg-test-1", 2);
+    let replica_writes = h.rec.dp.writes(REPLICA).len();
+    let events = h.status().dcs[0].fence_events_total;
+
+    // Patroni's failover key names pg-test-1 as the leader to leave; it still holds the key and
+    // its /primary still passes.
+    key(&mut h, "pg-test-1", Some("switchover to pg-test-2"), 2.0);
+    for svc in [PRIMARY, DEFAULT] {
+        let w = h.last_write(svc);
+        assert!(active(&w).is_empty(), "{svc}: {w:?}");
+        assert!(w.iter().all(|b| !b.up), "{svc}: every server down: {w:?}");
+    }
+    assert!(
+        h.rec.dp.flushed(PRIMARY).contains(&"pg-test-1".to_owned()),
+        "its sessions are reset"
+    );
+    assert_eq!(h.rec.dp.conns(PRIMARY, "pg-test-1"), 0);
+    assert_eq!(h.rec.dp.writes(REPLICA).len(), replica_writes);
+    assert_eq!(h.rec.dp.conns(REPLICA, "pg-test-1"), 2);
+    assert!(fenced(&h, PRIMARY, "pg-test-1"));
+    assert!(!fenced(&h, REPLICA, "pg-test-1"));
+    assert!(
+        !h.rec.fence_awaiting(),
+        "a leaving holder is not awaited: no hurried checks"
+    );
+    let dcs = &h.status().dcs[0];
+    assert_eq!(dcs.leader.as_deref(), Some("pg-test-1"));
+    assert_eq!(
+        dcs.leader_leaving.as_deref(),
+        Some("switchover to pg-test-2")
+    );
+    // pg-test-1 out of two write services.
+    assert_eq!(dcs.fence_events_total, events + 2);
+
+    // The same request again changes nothing.
+    let writes = h.rec.dp.count(Op::SetBackends);
+    key(&mut h, "pg-test-1", Some("switchover to pg-test-2"), 2.5);
+    assert_eq!(h.rec.dp.count(Op::SetBackends), writes);
+
+    // Patroni refuses (it writes `{}`): the holder is back at once, no check awaited.
+    key(&mut h, "pg-test-1", None, 3.0);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+    assert_eq!(active(&h.last_write(DEFAULT)), ["pg-test-1"]);
+    assert!(!fenced(&h, PRIMARY, "pg-test-1"));
+    assert_eq!(h.status().dcs[0].leader_leaving, None);
+}
+
+#[test]
+fn after_stepping_down_the_key_moves_and_the_new_holder_rises_on_one_check() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    let t0 = h.t0;
+    set_all(
+        &mut h,
+        "pg-test-2",
+        &result(HealthState::Down, false, 5, t0),
+    );
+    leader(&mut h, Some("pg-test-1"), 1.0);
+    let t = h.at(1.0);
+    h.update_dcs(
+        LeaderView::Leader(Some("pg-test-1".into())),
+        Some("pg-test-1 is asked to step down"),
+        t,
+    );
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+    // Patroni releases the key once PostgreSQL stopped, then pg-test-2 takes it.
+    leader(&mut h, None, 2.0);
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+    let t = h.at(2.5);
+    h.update_dcs(LeaderView::Leader(Some("pg-test-2".into())), None, t);
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+    assert!(h.rec.fence_awaiting());
+    set_all(&mut h, "pg-test-2", &result(HealthState::Down, true, 6, t0));
+    let t = h.at(2.6);
+    h.rec.on_fence_poll(t);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-2"]);
+    assert_eq!(h.status().dcs[0].leader_leaving, None);
+}
+
+impl Harness {
+    fn update_dcs(&mut self, view: LeaderView, leaving: Option<&str>, now: Instant) {
+        self.rec.on_dcs(
+            &DcsUpdate {
+                cluster: "pg-test".into(),
+                view,
+                leaving: leaving.map(str::to_owned),
+                endpoint: Some("http://198.18.0.5:2379".into()),
+                revision: 7,
+                confirmed: now,
+            },
+            now,
+        );
+    }
 }

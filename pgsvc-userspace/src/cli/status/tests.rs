@@ -357,6 +357,14 @@ fn table_shows_the_leader_key_and_fenced_servers() {
     let fenced = line_of(&t, &[&s.services[0].servers[1].name, "fenced"]);
     assert!(fenced.contains("not the leader-key holder"), "{fenced}");
 
+    s.dcs[0].leader_leaving = Some("pg-test-1 is asked to step down for pg-test-2".into());
+    let t = render_table(&s);
+    let line = line_of(&t, &["dcs pg-test:"]);
+    assert!(
+        line.contains("leader pg-test-1 STEPPING DOWN, fenced: pg-test-1 is asked"),
+        "{line}"
+    );
+
     s.dcs[0].fencing = false;
     s.dcs[0].endpoint = None;
     s.dcs[0].fallback_reason = Some("etcd at https://198.18.0.5:2379 is unreachable".into());
