@@ -4,6 +4,11 @@
 //! is corrected there), and start over on a cancelled or compacted watch. Every observation goes to
 //! the agent as a [`DcsUpdate`]; while etcd cannot be reached the view is
 //! [`LeaderView::Fallback`] with the reason, and the task keeps retrying every [`RETRY_EVERY`].
+//!
+//! After a lost connection the watch resumes at the revision after the last one seen (and reads the
+//! key again beside it, so the view is current at once): when etcd compacted past that revision
+//! meanwhile, it cancels the resumed watch with the compact revision, and the task logs that and
+//! starts over with a fresh read.
 
 use std::{
     path::{Path, PathBuf},
@@ -79,6 +84,8 @@ pub fn spawn_watch(
 
 async fn run(cluster: String, s: EtcdSettings, tx: mpsc::UnboundedSender<DcsUpdate>) {
     let mut last_error: Option<String> = None;
+    // The last revision seen: where a watch resumes after a lost connection.
+    let mut resume: Option<i64> = None;
     loop {
         match connect(&s).await {
             Ok(mut client) => {
@@ -86,9 +93,10 @@ async fn run(cluster: String, s: EtcdSettings, tx: mpsc::UnboundedSender<DcsUpda
                     info!(cluster, "etcd reachable again");
                 }
                 loop {
-                    match session(&mut client, &s, &cluster, &tx).await {
+                    match session(&mut client, &s, &cluster, &tx, &mut resume).await {
                         Ended::Resync(reason) => {
                             warn!(cluster, reason, "re-reading the leader key");
+                            resume = None;
                         }
                         Ended::Lost(e) => {
                             report(&cluster, &e, &mut last_error, &tx);
@@ -112,7 +120,12 @@ fn report(
 ) {
     let message = e.to_string();
     if last.as_deref() != Some(message.as_str()) {
-        debug!(cluster, error = %message, "etcd watch failed");
+        if e.is_fatal() {
+            // Credentials, certificates: no retry fixes these; the agent logs the fallback too.
+            warn!(cluster, error = %message, "etcd refuses the watch: check the --etcd-* settings");
+        } else {
+            debug!(cluster, error = %message, "etcd watch failed");
+        }
     }
     *last = Some(message.clone());
     let _ = tx.send(DcsUpdate {
@@ -148,11 +161,14 @@ fn view(holder: Option<&str>, failsafe: bool) -> LeaderView {
     }
 }
 
+/// One watch: from `resume + 1` when set (a connection was lost: the watch resumes where it was,
+/// and the key is read beside it), else from a fresh read. `resume` follows every revision seen.
 async fn session(
     client: &mut Client,
     s: &EtcdSettings,
     cluster: &str,
     tx: &mpsc::UnboundedSender<DcsUpdate>,
+    resume: &mut Option<i64>,
 ) -> Ended {
     let endpoint = s.endpoints.join(",");
     let send = |holder: Option<&str>, failsafe: bool, revision: i64| {
@@ -165,23 +181,43 @@ async fn session(
         })
         .is_ok()
     };
+    let key = leader_key(&s.namespace, cluster);
+    let watch = async |client: &mut Client, from: i64| {
+        let opts = WatchOptions::new()
+            .with_start_revision(from)
+            .with_progress_notify();
+        match timeout(REQUEST_TIMEOUT, client.watch(key.as_str(), Some(opts))).await {
+            Ok(Ok(w)) => Ok(w),
+            Ok(Err(e)) => Err(classify(s, e)),
+            Err(_) => Err(silent(s, REQUEST_TIMEOUT)),
+        }
+    };
+    // Resuming: the watch first (from the last revision seen, so that etcd says whether it still
+    // has the history since), then the read that makes the view current.
+    let resumed = match *resume {
+        Some(r) => match watch(client, r + 1).await {
+            Ok(w) => Some(w),
+            Err(e) => return Ended::Lost(e),
+        },
+        None => None,
+    };
     let first = match read(client, s, cluster).await {
         Ok(r) => r,
         Err(e) => return Ended::Lost(e),
     };
-    let (mut holder, failsafe, mut revision) = (first.holder, first.failsafe, first.revision);
-    let mut failsafe = failsafe;
+    let (mut holder, mut failsafe, mut revision) = (first.holder, first.failsafe, first.revision);
+    // The revision the watch started after (the read's, or the one resumed from).
+    let watched_from = resume.unwrap_or(revision) + 1;
+    *resume = Some(revision);
     if !send(holder.as_deref(), failsafe, revision) {
         return Ended::AgentGone;
     }
-    let key = leader_key(&s.namespace, cluster);
-    let opts = WatchOptions::new()
-        .with_start_revision(revision + 1)
-        .with_progress_notify();
-    let mut stream = match timeout(REQUEST_TIMEOUT, client.watch(key.as_str(), Some(opts))).await {
-        Ok(Ok(w)) => w,
-        Ok(Err(e)) => return Ended::Lost(classify(s, e)),
-        Err(_) => return Ended::Lost(silent(s, REQUEST_TIMEOUT)),
+    let mut stream = match resumed {
+        Some(w) => w,
+        None => match watch(client, revision + 1).await {
+            Ok(w) => w,
+            Err(e) => return Ended::Lost(e),
+        },
     };
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut full = tokio::time::interval(FULL_READ_EVERY);
@@ -202,8 +238,7 @@ async fn session(
                 if resp.canceled() {
                     return Ended::Resync(if resp.compact_revision() > 0 {
                         format!(
-                            "etcd compacted past the watched revision {} (oldest kept: {})",
-                            revision + 1,
+                            "etcd compacted past the watched revision {watched_from} (oldest kept: {})",
                             resp.compact_revision()
                         )
                     } else {
@@ -212,7 +247,11 @@ async fn session(
                 }
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
-                    revision = revision.max(kv.mod_revision());
+                    // A resumed watch replays what the read already reflects: only newer events count.
+                    if kv.mod_revision() <= revision {
+                        continue;
+                    }
+                    revision = kv.mod_revision();
                     holder = match ev.event_type() {
                         EventType::Put => kv.value_str().ok().map(str::to_owned),
                         EventType::Delete => None,
@@ -221,6 +260,7 @@ async fn session(
                 if let Some(h) = resp.header() {
                     revision = revision.max(h.revision());
                 }
+                *resume = Some(revision);
                 if !send(holder.as_deref(), failsafe, revision) {
                     return Ended::AgentGone;
                 }
@@ -246,6 +286,7 @@ async fn session(
                     ));
                 }
                 revision = revision.max(r.revision);
+                *resume = Some(revision);
                 if !send(holder.as_deref(), failsafe, revision) {
                     return Ended::AgentGone;
                 }
