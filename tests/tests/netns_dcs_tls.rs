@@ -8,9 +8,10 @@
 //! Checks: fencing through TLS + RBAC with the inventory's password; a wrong CA and a wrong password
 //! stop the start with a clear error; DCS faults at runtime — the agent cut off etcd (fallback, then a
 //! compaction past the watched revision while cut off: the resumed watch is cancelled by etcd and the
-//! agent re-reads), a password changed and a read permission revoked under a running watch (fallback
-//! with the reason, recovery once fixed) — each logged with its reason, with the metrics, and the
-//! write service never routed to a member that does not hold the key while the key is followed.
+//! agent re-reads), a password changed and a read permission revoked under a running watch, etcd
+//! restarted with a certificate of another CA (fallback with the reason, recovery once fixed) — each
+//! logged with its reason, with the metrics, and the write service never routed to a member that
+//! does not hold the key while the key is followed.
 
 use std::{
     collections::BTreeSet,
@@ -106,9 +107,11 @@ impl Pki {
                 ],
             );
         }
-        for (name, san) in [
-            ("etcd", format!("IP:{ETCD_ADDR}")),
-            ("client", "IP:198.18.0.2".into()),
+        for (name, ca, san) in [
+            ("etcd", "ca", format!("IP:{ETCD_ADDR}")),
+            ("client", "ca", "IP:198.18.0.2".into()),
+            // etcd's certificate rotated to one of another CA
+            ("etcd-other", "other-ca", format!("IP:{ETCD_ADDR}")),
         ] {
             let ext = pki.path(&format!("{name}.ext"));
             std::fs::write(
@@ -135,9 +138,9 @@ impl Pki {
                     "-in",
                     &pki.path(&format!("{name}.csr")),
                     "-CA",
-                    &pki.path("ca.crt"),
+                    &pki.path(&format!("{ca}.crt")),
                     "-CAkey",
-                    &pki.path("ca.key"),
+                    &pki.path(&format!("{ca}.key")),
                     "-CAcreateserial",
                     "-days",
                     "2",
@@ -212,11 +215,50 @@ fn inventory(options: &str) -> String {
 /// etcd with TLS, client certificates and RBAC on the client host's second address; the process
 /// and its data go with the rig (the data lives in the rig's directory).
 struct Etcd {
-    _proc: ChildGuard,
+    proc: ChildGuard,
     worker: NsWorker<()>,
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
+}
+
+/// The etcd process (its data in the rig's directory, kept across restarts), serving with the
+/// certificate `<cert>.crt`/`<cert>.key` of `pki`.
+fn spawn_etcd(rig: &AgentRig, pki: &Pki, cert: &str) -> ChildGuard {
+    let cl = &rig.topo.host(0).ns;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(rig.dir.join("etcd.log"))
+        .expect("etcd log");
+    let url = etcd_url();
+    let peer = format!("http://{ETCD_ADDR}:2380");
+    let mut cmd = cl.command(ETCD);
+    cmd.args(["--name", "dcs-tls", "--data-dir"])
+        .arg(rig.dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--cert-file", &pki.path(&format!("{cert}.crt"))])
+        .args(["--key-file", &pki.path(&format!("{cert}.key"))])
+        .args([
+            "--trusted-ca-file",
+            &pki.path("ca.crt"),
+            "--client-cert-auth",
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("dcs-tls={peer}")])
+        .stdout(Stdio::null())
+        .stderr(log);
+    ChildGuard::spawn(cmd)
 }
 
 impl Etcd {
@@ -230,36 +272,8 @@ impl Etcd {
             "dev",
             "eth0",
         ]);
-        let log = std::fs::File::create(rig.dir.join("etcd.log")).expect("etcd log");
-        let url = etcd_url();
-        let peer = format!("http://{ETCD_ADDR}:2380");
-        let mut cmd = cl.command(ETCD);
-        cmd.args(["--name", "dcs-tls", "--data-dir"])
-            .arg(rig.dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--cert-file", &pki.path("etcd.crt")])
-            .args(["--key-file", &pki.path("etcd.key")])
-            .args([
-                "--trusted-ca-file",
-                &pki.path("ca.crt"),
-                "--client-cert-auth",
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("dcs-tls={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log);
         let etcd = Self {
-            _proc: ChildGuard::spawn(cmd),
+            proc: spawn_etcd(rig, pki, "etcd"),
             worker: NsWorker::start(&cl.name, || ()),
             ca: pki.read("ca.crt"),
             cert: pki.read("client.crt"),
@@ -332,6 +346,13 @@ impl Etcd {
                     .map_err(|_| etcd_client::Error::InvalidArgs("request timed out".into()))?
             })
         })
+    }
+
+    /// Stops etcd (SIGKILL) and starts it again on the same data, serving with `cert`.
+    fn restart_with(&mut self, rig: &AgentRig, pki: &Pki, cert: &str) {
+        self.proc
+            .signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+        self.proc = spawn_etcd(rig, pki, cert);
     }
 
     fn root<R: Send + 'static>(
@@ -673,4 +694,46 @@ fn credentials_and_permissions_withdrawn_at_runtime_fall_back_with_the_reason() 
     let back = wait_fencing_on(&rig, "pg-test-1", Duration::from_secs(15));
     eprintln!("dcs: following the key again {back:?} after the permission was granted back");
     assert_eq!(set(&rig.land(5433, 4)), one("pg-test-1:6432"));
+}
+
+#[test]
+fn etcd_serving_a_certificate_of_another_ca_at_runtime_falls_back_with_the_reason() {
+    if !can_run("etcd_serving_a_certificate_of_another_ca_at_runtime") {
+        return;
+    }
+    let pki = Pki::new();
+    let (rig, mut etcd) = rig_with_tls_etcd(&pki);
+    // etcd comes back with a certificate the agent's CA did not sign.
+    etcd.restart_with(&rig, &pki, "etcd-other");
+    let (took, reason) = wait_fallback(
+        &rig,
+        "the fallback after the certificate changed",
+        Duration::from_secs(15),
+    );
+    // The first reason may be the broken stream; the next attempt names the certificate.
+    rig.wait_for(
+        "the TLS reason in the status",
+        Duration::from_secs(10),
+        |r| {
+            r.status()["dcs"][0]["fallback_reason"]
+                .as_str()
+                .is_some_and(|x| x.contains("TLS with etcd") && x.contains("UnknownIssuer"))
+        },
+    );
+    let log = rig.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("fall back to REST checks alone") && l.contains("TLS with etcd")),
+        "no fallback line naming TLS in the log:\n{log}"
+    );
+    assert!(
+        log.contains("etcd refuses the watch: check the --etcd-* settings"),
+        "no warning about the settings:\n{log}"
+    );
+    eprintln!("dcs: fallback {took:?} after etcd's certificate changed: {reason}");
+    assert_eq!(set(&rig.land(5433, 4)), one("pg-test-1:6432"));
+    // Its own certificate again: the agent follows the key.
+    etcd.restart_with(&rig, &pki, "etcd");
+    let back = wait_fencing_on(&rig, "pg-test-1", Duration::from_secs(30));
+    eprintln!("dcs: following the key again {back:?} after etcd's certificate was restored");
 }

@@ -459,9 +459,11 @@ fn classify(s: &EtcdSettings, e: etcd_client::Error) -> DcsError {
 
 fn is_tls(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["certificate", "tls", "handshake", "unknownissuer", "x509"]
-        .iter()
-        .any(|w| m.contains(w))
+    // A peer gone mid-stream (etcd killed) is no TLS problem, though rustls names TLS in it.
+    !m.contains("close_notify")
+        && ["certificate", "tls", "handshake", "unknownissuer", "x509"]
+            .iter()
+            .any(|w| m.contains(w))
 }
 
 /// gRPC status codes (the numbers of tonic's `Code`, which etcd-client does not re-export).
@@ -476,24 +478,4 @@ mod tonic_code {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failsafe_mode_is_read_from_patronis_config() {
-        assert!(failsafe_mode(br#"{"ttl":30,"failsafe_mode":true}"#));
-        assert!(!failsafe_mode(br#"{"ttl":30,"failsafe_mode":false}"#));
-        assert!(!failsafe_mode(br#"{"ttl":30}"#));
-        assert!(!failsafe_mode(b"not json"));
-    }
-
-    #[test]
-    fn without_a_leader_failsafe_mode_falls_back_to_rest_checks() {
-        assert_eq!(view(None, false), LeaderView::Leader(None));
-        assert!(matches!(view(None, true), LeaderView::Fallback(r) if r.contains("failsafe_mode")));
-        assert_eq!(
-            view(Some("pg-test-1"), true),
-            LeaderView::Leader(Some("pg-test-1".into()))
-        );
-    }
-}
+mod tests;
