@@ -5,12 +5,13 @@ Every question goes to the node it is about (its own Patroni REST API, its own p
 """
 
 import argparse
-import base64
 import json
 import socket
 import sys
 import urllib.error
 import urllib.request
+
+from etcdgw import Etcd
 
 REST_PORT = 8008
 TEST_DSN = "user=dbuser_test password=DBUser.Test dbname=test connect_timeout=2"
@@ -40,16 +41,20 @@ def members(pairs):
     return out
 
 
+def etcd_client(a):
+    return Etcd.from_dir(a.url, a.tls_dir, a.user, a.password)
+
+
 def cmd_etcd_has_key(a):
-    key = base64.b64encode(a.key.encode()).decode()
-    req = urllib.request.Request(
-        f"http://{a.host}:2379/v3/kv/range",
-        data=json.dumps({"key": key}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=1) as r:
-        body = json.loads(r.read())
-    return 0 if body.get("kvs") else 1
+    return 0 if etcd_client(a).get(a.key) is not None else 1
+
+
+def cmd_etcd_init_auth(a):
+    """Pigsty's etcd RBAC: root, and the cluster's user with read-write on its prefix; then auth on."""
+    Etcd.from_dir(a.url, a.tls_dir).init_auth(a.root_password, [(a.user, a.password, a.prefix)])
+    # the user can now read its prefix, and only with its password
+    etcd_client(a).get(a.prefix + "leader")
+    return 0
 
 
 def cmd_check_node(a):
@@ -197,13 +202,26 @@ def cmd_status(a):
     return 0
 
 
+def etcd_login_args(s):
+    s.add_argument("--tls-dir", help="ca.crt, server.crt, server.key (Pigsty's /pg/cert)")
+    s.add_argument("--user")
+    s.add_argument("--password")
+
+
 def main():
     p = argparse.ArgumentParser(prog="sbctl")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("etcd-has-key")
-    s.add_argument("host")
+    s.add_argument("url")
     s.add_argument("key")
+    etcd_login_args(s)
     s.set_defaults(fn=cmd_etcd_has_key)
+    s = sub.add_parser("etcd-init-auth")
+    s.add_argument("url")
+    etcd_login_args(s)
+    s.add_argument("--root-password", required=True)
+    s.add_argument("--prefix", required=True)
+    s.set_defaults(fn=cmd_etcd_init_auth)
     s = sub.add_parser("check-node")
     s.add_argument("addr")
     s.add_argument("--role", choices=["primary", "replica", "any"], default="any")

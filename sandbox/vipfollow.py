@@ -15,52 +15,16 @@ namespaces).
 """
 
 import argparse
-import base64
-import json
 import signal
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+
+from etcdgw import Etcd
 
 
 def log(msg):
     print(f"{time.strftime('%H:%M:%S')} vipfollow: {msg}", file=sys.stderr, flush=True)
-
-
-class Etcd:
-    def __init__(self, a):
-        self.url = a.etcd.rstrip("/")
-        self.ctx = None
-        if self.url.startswith("https"):
-            self.ctx = ssl.create_default_context(cafile=a.cacert)
-            if a.cert:
-                self.ctx.load_cert_chain(a.cert, a.key_file)
-        self.user, self.password = a.user, a.password
-        self.token = None
-
-    def post(self, path, body):
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = self.token
-        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), headers)
-        with urllib.request.urlopen(req, timeout=1, context=self.ctx) as r:
-            return json.loads(r.read())
-
-    def leader(self, key):
-        """The member named by `key`, or None when there is no such key."""
-        if self.user and not self.token:
-            self.token = self.post("/v3/auth/authenticate", {"name": self.user, "password": self.password})["token"]
-        try:
-            body = self.post("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})
-        except urllib.error.HTTPError as e:
-            if e.code == 401:
-                self.token = None
-            raise
-        kvs = body.get("kvs") or []
-        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
 
 
 def ip(netns, *args):
@@ -103,7 +67,7 @@ def main():
     stop = []
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.append(1))
-    etcd = Etcd(a)
+    etcd = Etcd(a.etcd, a.cacert, a.cert, a.key_file, a.user, a.password)
     # start from what the interfaces say (a restarted follower adopts the current holder)
     holder = None
     for name, netns in members.items():
@@ -115,7 +79,7 @@ def main():
     log(f"following {a.key} on {a.etcd}; VIP {a.vip} on {holder or 'nobody'}")
     while not stop:
         try:
-            want = etcd.leader(a.key)
+            want = etcd.get(a.key)
             last_ok = time.time()
         except (OSError, ValueError, KeyError) as e:
             if time.time() - last_ok < a.ttl:

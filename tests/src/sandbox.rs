@@ -540,8 +540,44 @@ impl Sandbox {
         self.spawn_pgsvc("lb", "pgsvc.log", LB_ADDR, &args, "pgsvc")
     }
 
-    /// `pgsvc --netns <host> run` with the sandbox inventory on eth0 (native XDP) plus `args`,
-    /// logging to `<state>/logs/<log_name>`; waits until `/ready` answers 200 at `admin`:9102.
+    /// The certificates of a sandbox host, laid out as Pigsty's `/pg/cert` (`ca.crt`, `server.crt`,
+    /// `server.key`): what that host's pgsvc presents to the sandbox's etcd (https, client
+    /// certificates required, RBAC user `pg-test` with `pg_etcd_password` from the inventory).
+    pub fn cert_dir(&self, host: &str) -> PathBuf {
+        self.state.join(host).join("cert")
+    }
+
+    /// `--etcd-ca/--etcd-cert/--etcd-key` with `host`'s certificates: how a pgsvc on that host
+    /// reaches the sandbox's etcd (a Pigsty node has them in `/pg/cert`, which pgsvc reads by
+    /// default; the sandbox cannot write there). The user and password come from the inventory.
+    pub fn etcd_tls_args(&self, host: &str) -> Vec<String> {
+        let dir = self.cert_dir(host);
+        [
+            ("--etcd-ca", "ca.crt"),
+            ("--etcd-cert", "server.crt"),
+            ("--etcd-key", "server.key"),
+        ]
+        .iter()
+        .flat_map(|(flag, file)| [(*flag).to_owned(), dir.join(file).display().to_string()])
+        .collect()
+    }
+
+    /// Cuts `host` off etcd (a blackhole route to etcd's address in its namespace only) until
+    /// [`Self::etcd_heal`]; returns the event time.
+    pub fn etcd_cut(&self, host: &str) -> anyhow::Result<f64> {
+        let out = self.run(&["etcd-cut", host])?;
+        parse_event(&out).context("pgsandbox etcd-cut printed no event time")
+    }
+
+    /// Undoes [`Self::etcd_cut`]; returns the event time.
+    pub fn etcd_heal(&self, host: &str) -> anyhow::Result<f64> {
+        let out = self.run(&["etcd-heal", host])?;
+        parse_event(&out).context("pgsandbox etcd-heal printed no event time")
+    }
+
+    /// `pgsvc --netns <host> run` with the sandbox inventory on eth0 (native XDP), the host's etcd
+    /// certificates ([`Self::etcd_tls_args`]) plus `args`, logging to `<state>/logs/<log_name>`;
+    /// waits until `/ready` answers 200 at `admin`:9102.
     fn spawn_pgsvc(
         &self,
         host: &str,
@@ -569,6 +605,7 @@ impl Sandbox {
                 "native",
             ])
             .args(["--log", "info"])
+            .args(self.etcd_tls_args(host))
             .args(args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

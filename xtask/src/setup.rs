@@ -36,6 +36,9 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // protoc: etcd-client (pgsvc's DCS watch) compiles etcd's .proto files at build time.
     "protobuf-compiler",
+    // the sandbox's CA and certificates for its etcd (TLS with client certificates, as Pigsty's);
+    // the netns tier's TLS etcd tests make theirs the same way
+    "openssl",
 ];
 /// Installed when the archive has them; a note otherwise.
 const OPTIONAL_APT_PACKAGES: &[&str] = &["bpftool"];

@@ -5,6 +5,11 @@
 //! is corrected there), and start over on a cancelled or compacted watch. Every observation goes to
 //! the agent as a [`DcsUpdate`]; while etcd cannot be reached the view is
 //! [`LeaderView::Fallback`] with the reason, and the task keeps retrying every [`RETRY_EVERY`].
+//!
+//! After a lost connection the watch resumes at the revision after the last one seen (and reads the
+//! key again beside it, so the view is current at once): when etcd compacted past that revision
+//! meanwhile, it cancels the resumed watch with the compact revision, and the task logs that and
+//! starts over with a fresh read.
 
 use std::{
     path::{Path, PathBuf},
@@ -83,6 +88,8 @@ pub fn spawn_watch(
 
 async fn run(cluster: String, s: EtcdSettings, tx: mpsc::UnboundedSender<DcsUpdate>) {
     let mut last_error: Option<String> = None;
+    // The last revision seen: where a watch resumes after a lost connection.
+    let mut resume: Option<i64> = None;
     loop {
         match connect(&s).await {
             Ok(mut client) => {
@@ -90,9 +97,10 @@ async fn run(cluster: String, s: EtcdSettings, tx: mpsc::UnboundedSender<DcsUpda
                     info!(cluster, "etcd reachable again");
                 }
                 loop {
-                    match session(&mut client, &s, &cluster, &tx).await {
+                    match session(&mut client, &s, &cluster, &tx, &mut resume).await {
                         Ended::Resync(reason) => {
                             warn!(cluster, reason, "re-reading the leader key");
+                            resume = None;
                         }
                         Ended::Lost(e) => {
                             report(&cluster, &e, &mut last_error, &tx);
@@ -116,7 +124,12 @@ fn report(
 ) {
     let message = e.to_string();
     if last.as_deref() != Some(message.as_str()) {
-        debug!(cluster, error = %message, "etcd watch failed");
+        if e.is_fatal() {
+            // Credentials, certificates: no retry fixes these; the agent logs the fallback too.
+            warn!(cluster, error = %message, "etcd refuses the watch: check the --etcd-* settings");
+        } else {
+            debug!(cluster, error = %message, "etcd watch failed");
+        }
     }
     *last = Some(message.clone());
     let _ = tx.send(DcsUpdate {
@@ -168,11 +181,14 @@ fn deadline(at: Option<SystemTime>) -> Option<tokio::time::Instant> {
     Some(tokio::time::Instant::now() + wait + Duration::from_millis(1))
 }
 
+/// One watch: from `resume + 1` when set (a connection was lost: the watch resumes where it was,
+/// and the key is read beside it), else from a fresh read. `resume` follows every revision seen.
 async fn session(
     client: &mut Client,
     s: &EtcdSettings,
     cluster: &str,
     tx: &mpsc::UnboundedSender<DcsUpdate>,
+    resume: &mut Option<i64>,
 ) -> Ended {
     let endpoint = s.endpoints.join(",");
     let mut due: Option<tokio::time::Instant> = None;
@@ -181,6 +197,27 @@ async fn session(
         *due = deadline(again);
         tx.send(u).is_ok()
     };
+    let pfx = prefix(&s.namespace, cluster);
+    let watch = async |client: &mut Client, from: i64| {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        match timeout(REQUEST_TIMEOUT, client.watch(pfx.as_str(), Some(opts))).await {
+            Ok(Ok(w)) => Ok(w),
+            Ok(Err(e)) => Err(classify(s, e)),
+            Err(_) => Err(silent(s, REQUEST_TIMEOUT)),
+        }
+    };
+    // Resuming: the watch first (from the last revision seen, so that etcd says whether it still
+    // has the history since), then the read that makes the view current.
+    let resumed = match *resume {
+        Some(r) => match watch(client, r + 1).await {
+            Ok(w) => Some(w),
+            Err(e) => return Ended::Lost(e),
+        },
+        None => None,
+    };
     let first = match read(client, s, cluster).await {
         Ok(r) => r,
         Err(e) => return Ended::Lost(e),
@@ -188,18 +225,18 @@ async fn session(
     let (mut keys, mut revision) = (first.keys, first.revision);
     // Events at or below the revision of the last full read adopted are already in `keys`.
     let mut floor = revision;
+    // The revision the watch started after (the read's, or the one resumed from).
+    let watched_from = resume.unwrap_or(revision) + 1;
+    *resume = Some(revision);
     if !send(&keys, revision, &mut due) {
         return Ended::AgentGone;
     }
-    let pfx = prefix(&s.namespace, cluster);
-    let opts = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1)
-        .with_progress_notify();
-    let mut stream = match timeout(REQUEST_TIMEOUT, client.watch(pfx.as_str(), Some(opts))).await {
-        Ok(Ok(w)) => w,
-        Ok(Err(e)) => return Ended::Lost(classify(s, e)),
-        Err(_) => return Ended::Lost(silent(s, REQUEST_TIMEOUT)),
+    let mut stream = match resumed {
+        Some(w) => w,
+        None => match watch(client, revision + 1).await {
+            Ok(w) => w,
+            Err(e) => return Ended::Lost(e),
+        },
     };
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut full = tokio::time::interval(FULL_READ_EVERY);
@@ -221,8 +258,7 @@ async fn session(
                 if resp.canceled() {
                     return Ended::Resync(if resp.compact_revision() > 0 {
                         format!(
-                            "etcd compacted past the watched revision {} (oldest kept: {})",
-                            revision + 1,
+                            "etcd compacted past the watched revision {watched_from} (oldest kept: {})",
                             resp.compact_revision()
                         )
                     } else {
@@ -231,6 +267,7 @@ async fn session(
                 }
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
+                    // A resumed watch replays what the read already reflects: only newer events count.
                     if kv.mod_revision() <= floor {
                         continue;
                     }
@@ -244,6 +281,7 @@ async fn session(
                 if let Some(h) = resp.header() {
                     revision = revision.max(h.revision());
                 }
+                *resume = Some(revision);
                 if !send(&keys, revision, &mut due) {
                     return Ended::AgentGone;
                 }
@@ -283,6 +321,7 @@ async fn session(
                     revision = r.revision;
                     floor = r.revision;
                 }
+                *resume = Some(revision);
                 if !send(&keys, revision, &mut due) {
                     return Ended::AgentGone;
                 }
@@ -438,9 +477,11 @@ fn classify(s: &EtcdSettings, e: etcd_client::Error) -> DcsError {
 
 fn is_tls(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["certificate", "tls", "handshake", "unknownissuer", "x509"]
-        .iter()
-        .any(|w| m.contains(w))
+    // A peer gone mid-stream (etcd killed) is no TLS problem, though rustls names TLS in it.
+    !m.contains("close_notify")
+        && ["certificate", "tls", "handshake", "unknownissuer", "x509"]
+            .iter()
+            .any(|w| m.contains(w))
 }
 
 /// gRPC status codes (the numbers of tonic's `Code`, which etcd-client does not re-export).
@@ -453,3 +494,6 @@ mod tonic_code {
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
 }
+
+#[cfg(test)]
+mod tests;

@@ -513,6 +513,8 @@ struct Pgsvc {
     starts: u32,
     agent: Option<Bg>,
     pass: NsWorker<Option<PassProgram>>,
+    /// The LB host's certificates for the sandbox's etcd (https, client certificates, RBAC).
+    etcd_certs: PathBuf,
 }
 
 impl Pgsvc {
@@ -527,6 +529,13 @@ impl Pgsvc {
             // pgsvc's XDP program takes the traffic while it runs, so it starts beside it on purpose
             .arg("--takeover")
             .args(["--log", "info"]);
+        for (flag, file) in [
+            ("--etcd-ca", "ca.crt"),
+            ("--etcd-cert", "server.crt"),
+            ("--etcd-key", "server.key"),
+        ] {
+            c.arg(flag).arg(self.etcd_certs.join(file));
+        }
         c
     }
 
@@ -2780,6 +2789,7 @@ fn real_main() -> Result<()> {
         starts: 0,
         agent: None,
         pass: NsWorker::start(&sb.ns("sw"), || None),
+        etcd_certs: sb.state.join("lb").join("cert"),
     };
     let mut node_lbs = NodeLbs::new(&sb, &pgsvc_bin, &inventory, &rendered, &work)?;
     let machine = machine_facts(&sb, &pgsvc_bin);

@@ -552,9 +552,12 @@ fn run(interactive: bool, topology: Topology) -> anyhow::Result<bool> {
         n.step("pgsvc run on the LB host, native XDP on eth0, with the sandbox's Pigsty inventory");
         println!(
             "    pgsvc --netns {} run --config sandbox/pigsty.yml --cluster pg-test --iface eth0 \\\n        \
-             --vip {VIP}/24 --xdp-mode native --admin {ADMIN} --pin-dir {}",
+             --vip {VIP}/24 --xdp-mode native --admin {ADMIN} --pin-dir {} \\\n        \
+             --etcd-ca {dir}/ca.crt --etcd-cert {dir}/server.crt --etcd-key {dir}/server.key\n    \
+             (the leader key from the sandbox's etcd: https, client certificate, RBAC user pg-test)",
             sb.ns("lb"),
-            sb.pin_dir().display()
+            sb.pin_dir().display(),
+            dir = sb.cert_dir("lb").display()
         );
         let agent = sb.start_pgsvc(&[])?;
         n.done(&format!("pgsvc (pid {}) is ready", agent.pid()));
@@ -660,7 +663,8 @@ fn node_resident(sb: &mut Sandbox, n: &mut Narrator, interactive: bool) -> anyho
     n.step("pgsvc run on every node (Pigsty's default topology), native XDP on each eth0");
     println!(
         "    on each of pg-test-1..3: pgsvc --netns <node> run --config sandbox/pigsty.yml --cluster pg-test \\\n        \
-         --iface eth0 --xdp-mode native --admin <node address>:9102\n    \
+         --iface eth0 --xdp-mode native --admin <node address>:9102 \\\n        \
+         --etcd-ca <state>/<node>/cert/ca.crt --etcd-cert <...>/server.crt --etcd-key <...>/server.key\n    \
          and the VIP {VIP} on the leader's eth0, moved with Patroni's leader key (pgsandbox vip, as vip-manager does)"
     );
     sb.start_vip_follower()?;
