@@ -242,7 +242,7 @@ mod tests {
         DcsUpdate {
             cluster: "pg-test".to_owned(),
             view,
-            leaving: false,
+            leaving: None,
             endpoint: reachable.then(|| "http://198.18.0.5:2379".to_owned()),
             revision: 7,
             confirmed: at,
