@@ -246,6 +246,9 @@ fn failover_under_probe(
 ) -> (Failover, Observed) {
     let old = sb.leader().expect("leader");
     let mut raw = open_raw_session(sb, 5433).expect("raw session through 5433");
+    // Counted before the event: pgsvc resets the old primary's sessions the moment it marks the
+    // server down or fenced, long before the test looks at the session.
+    let rst_before = service_rst(sb, "pg-test-primary");
     let mut probe: Probe = sb
         .probe(5433, name, false, Duration::from_secs(170))
         .expect("writer probe");
@@ -282,7 +285,6 @@ fn failover_under_probe(
 
     // The session opened before the event was reset by the load balancer: the reset happens and
     // pgsvc's RST counter of the primary service counts it (its snapshot refreshes about every second).
-    let rst_before = service_rst(sb, "pg-test-primary");
     check_reset(&mut raw, name);
     let t0 = Instant::now();
     let mut rst_after = service_rst(sb, "pg-test-primary");

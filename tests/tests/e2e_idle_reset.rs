@@ -184,9 +184,16 @@ fn e2e_an_idle_session_is_reset_when_the_leader_key_moves() {
     )
     .map(|(_, l)| l)
     .unwrap_or_else(|| panic!("no reset line for {} in pgsvc's log:\n{log}", old.name));
-    let delay = reset_t - key_t;
+    // Patroni's step-down request (its `/failover` key) fences the leader before the key moves:
+    // the DCS event that resets the session is the earlier of the two.
+    let step_down = log_time(&log, f.event_t - 1.0, &["the leader steps down"], "\0");
+    let (signal_t, signal_line) = match step_down {
+        Some((t, l)) if t < key_t => (t, l),
+        _ => (key_t, key_line.clone()),
+    };
+    let delay = reset_t - signal_t;
     report(&format!(
-        "idle reset: {} -> {}, the idle psql session's socket was reset {:.0} ms after pgsvc saw the key move ({:.2}s after the switchover was issued; promotion {:.2}s; whole switchover {:?})",
+        "idle reset: {} -> {}, the idle psql session's socket was reset {:.0} ms after pgsvc saw the DCS say the leader leaves ({:.2}s after the switchover was issued; promotion {:.2}s; whole switchover {:?})",
         f.old.name,
         f.new.name,
         delay * 1000.0,
@@ -195,12 +202,13 @@ fn e2e_an_idle_session_is_reset_when_the_leader_key_moves() {
         t0.elapsed()
     ));
     report(&format!("idle reset: key line: {key_line}"));
+    report(&format!("idle reset: DCS signal: {signal_line}"));
     report(&format!("idle reset: reset line: {reset_line}"));
     // Correctness bounds, not the latency goal: the reset follows the key event (log lines carry
     // microseconds), and comes from it rather than from a REST check failing `fall` times.
     assert!(
         delay > -0.01 && delay < 2.0,
-        "the reset came {delay:.3}s after the key line; pgsvc log:\n{log}"
+        "the reset came {delay:.3}s after the DCS signal; pgsvc log:\n{log}"
     );
 
     // The next query, on a new connection, lands on the new primary.
