@@ -31,28 +31,9 @@ fn report(line: &str) {
     let _ = writeln!(std::io::stderr(), "e2e-vip: {line}");
 }
 
-/// Whether the current network namespace has `addr` on any interface.
+/// Whether the current network namespace has `addr` on any interface (the agent's own reading).
 fn has_addr(addr: Ipv4Addr) -> bool {
-    let mut found = false;
-    // SAFETY: getifaddrs/freeifaddrs pair; every pointer is checked before use.
-    unsafe {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut list) != 0 {
-            return false;
-        }
-        let mut cur = list;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
-                continue;
-            }
-            let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-            found |= Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == addr;
-        }
-        libc::freeifaddrs(list);
-    }
-    found
+    pgsvc::agent::host::node_addrs().contains(&addr)
 }
 
 /// One sample whose holder set changed: (epoch seconds, which members hold the VIP).
