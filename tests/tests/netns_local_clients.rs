@@ -256,6 +256,15 @@ fn clients_on_the_node_reach_the_right_member_through_every_local_address() {
         ),
         Some(3.0)
     );
+    // They stay counted across the flow GC's passes (every 5 s), which reconcile the counters with
+    // the sessions that exist: a local client's session is one of them.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        current_sessions(&rig, "pg-test-primary"),
+        3,
+        "local sessions lost after a GC pass; log:\n{}",
+        rig.log_text()
+    );
     drop(held);
     rig.wait_for("local sessions back to 0", Duration::from_secs(5), |r| {
         current_sessions(r, "pg-test-primary") == 0

@@ -222,12 +222,13 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         }
         if ticks.is_multiple_of(GC_EVERY) {
             match self.dp.gc(&self.settings.timeouts) {
-                Ok(r) if r.expired + r.stale + r.orphans > 0 => {
+                Ok(r) if r.expired + r.stale + r.orphans + r.reconciled > 0 => {
                     info!(
                         scanned = r.scanned,
                         expired = r.expired,
                         stale = r.stale,
                         orphans = r.orphans,
+                        reconciled = r.reconciled,
                         "flow GC"
                     );
                 }

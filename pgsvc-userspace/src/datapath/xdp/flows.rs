@@ -10,7 +10,7 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData};
 use pgsvc_common::{
-    Flow, FlowKey, NatKey, NatRev, TCP_F_FIN, TCP_F_RST, TrafficStats, maps as map_names,
+    Flow, FlowKey, NatKey, NatRev, SockFlow, TCP_F_FIN, TCP_F_RST, TrafficStats, maps as map_names,
 };
 
 use super::{DatapathError, XdpDatapath, error::map_err, loader::monotonic_coarse_ns};
@@ -280,6 +280,14 @@ impl XdpDatapath {
                 *per_be.entry(f.backend_id).or_default() += 1;
             }
         }
+        // Local clients' sessions (cgroup connect4) count in the same counters until their socket
+        // is released: they are sessions that exist too.
+        for f in self.sock_flows()? {
+            *per_svc.entry(f.svc_id).or_default() += 1;
+            if self.epoch_of(f.backend_id) == f.backend_epoch {
+                *per_be.entry(f.backend_id).or_default() += 1;
+            }
+        }
         let mut fixed = 0;
         for (i, &id) in svc_ids.iter().enumerate() {
             let (opened, moved) = self.svc_activity(id);
@@ -310,6 +318,20 @@ impl XdpDatapath {
             }
         }
         Ok(fixed)
+    }
+
+    /// The sessions of clients on the node itself (`SOCK_FLOWS`, by socket cookie).
+    pub(super) fn sock_flows(&self) -> Result<Vec<SockFlow>, DatapathError> {
+        let Some(map) = self.ebpf.map(map_names::SOCK_FLOWS) else {
+            return Ok(Vec::new());
+        };
+        let flows: HashMap<&MapData, u64, SockFlow> =
+            HashMap::try_from(map).map_err(map_err(map_names::SOCK_FLOWS, "open"))?;
+        Ok(flows
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, f)| f)
+            .collect())
     }
 
     /// A service's opened counter and its sessions opened + closed (changes with any activity).
