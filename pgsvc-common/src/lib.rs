@@ -557,8 +557,11 @@ pub enum Reason {
     DropServiceMaxconn = 13,
     /// SYN with every active backend at its maxconn: dropped.
     DropBackendMaxconn = 14,
-    /// SYN while the service has no usable backend: dropped.
-    DropNoBackend = 15,
+    /// SYN while the service has no usable backend: RST to the client, which learns at once that
+    /// the service is unavailable (HAProxy, too, closes such a connection at once). A dropped SYN
+    /// would hold it until its retransmission (1 s, then 3 s) even when a server came back meanwhile
+    /// — the new primary of a failover.
+    RstNoBackend = 15,
     /// SYN with no free SNAT port, but one about to be (its connection just ended): dropped, the
     /// client's retransmission finds it.
     DropSnatExhausted = 16,
@@ -630,7 +633,7 @@ impl Reason {
         Self::RstBackendDown,
         Self::DropServiceMaxconn,
         Self::DropBackendMaxconn,
-        Self::DropNoBackend,
+        Self::RstNoBackend,
         Self::DropSnatExhausted,
         Self::DropFlowInsert,
         Self::DropIpOptions,
@@ -676,7 +679,6 @@ impl Reason {
             Self::DropNoNextHop
             | Self::DropServiceMaxconn
             | Self::DropBackendMaxconn
-            | Self::DropNoBackend
             | Self::DropSnatExhausted
             | Self::DropFlowInsert
             | Self::DropIpOptions
@@ -687,6 +689,7 @@ impl Reason {
             | Self::Reverse
             | Self::RstNoFlow
             | Self::RstBackendDown
+            | Self::RstNoBackend
             | Self::ReverseLocal
             | Self::RstFlowTableFull
             | Self::RstSnatExhausted => Action::Transmit,
@@ -732,7 +735,7 @@ impl Reason {
             Self::RstBackendDown => "rst_backend_down",
             Self::DropServiceMaxconn => "drop_service_maxconn",
             Self::DropBackendMaxconn => "drop_backend_maxconn",
-            Self::DropNoBackend => "drop_no_backend",
+            Self::RstNoBackend => "rst_no_backend",
             Self::DropSnatExhausted => "drop_snat_exhausted",
             Self::DropFlowInsert => "drop_flow_insert",
             Self::DropIpOptions => "drop_ip_options",

@@ -68,10 +68,11 @@ pub fn forward(
     // for why established packets are not verified).
     verify::require_checksums(ctx, pkt)?;
     // One place answers with a RST (each inlined copy of `rst::reply` costs stack): a non-SYN
-    // without a flow, or a SYN that found every SNAT port live (snat.rs).
+    // without a flow, a SYN while the service has no usable server, or a SYN that found every SNAT
+    // port live (snat.rs).
     let reason = if syn {
         match new_flow(ctx, pkt, cfg, svc_id, svc, &key) {
-            Err(Reason::RstSnatExhausted) => Reason::RstSnatExhausted,
+            Err(r @ (Reason::RstNoBackend | Reason::RstSnatExhausted)) => r,
             other => return other,
         }
     } else {
@@ -161,7 +162,7 @@ fn admit(
 ) -> Result<Verdict, Reason> {
     let rt = SVC_RUNTIME
         .get_ptr_mut(svc_id)
-        .ok_or(Reason::DropNoBackend)?;
+        .ok_or(Reason::RstNoBackend)?;
     if svc.maxconn != 0 {
         // SAFETY: array map value; `conns` is only modified atomically.
         let opened = unsafe { atomic::load_i64(&raw const (*rt).conns) };
@@ -171,7 +172,7 @@ fn admit(
         }
     }
     let set_idx = svc_id * GENERATIONS + (svc.generation & 1);
-    let set = SVC_TABLE.get(set_idx).ok_or(Reason::DropNoBackend)?;
+    let set = SVC_TABLE.get(set_idx).ok_or(Reason::RstNoBackend)?;
     // Only Maglev hashes the flow.
     let h = if svc.algorithm == Algorithm::Maglev as u32 {
         hash::flow4(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport)
@@ -179,7 +180,7 @@ fn admit(
         0
     };
     let backend_id = select::pick(svc.algorithm, set, rt, h)?;
-    let be = BACKENDS.get(backend_id).ok_or(Reason::DropNoBackend)?;
+    let be = BACKENDS.get(backend_id).ok_or(Reason::RstNoBackend)?;
     let local = be.flags & BE_F_LOCAL != 0;
     let hop = if local {
         local::require_local_daddr(pkt)?;

@@ -48,7 +48,7 @@ fn next_rr(rt: *mut ServiceRuntime) -> u64 {
 fn roundrobin(set: &BackendSet, rt: *mut ServiceRuntime) -> Result<u32, Reason> {
     let n = u64::from(set.ring_len);
     if n == 0 || n > RING_SIZE as u64 {
-        return Err(Reason::DropNoBackend);
+        return Err(Reason::RstNoBackend);
     }
     let start = next_rr(rt);
     let mut i = 0;
@@ -70,11 +70,11 @@ fn roundrobin(set: &BackendSet, rt: *mut ServiceRuntime) -> Result<u32, Reason> 
 fn maglev(set: &BackendSet, hash: u32) -> Result<u32, Reason> {
     let n = set.ring_len;
     if n == 0 || n as usize > RING_SIZE {
-        return Err(Reason::DropNoBackend);
+        return Err(Reason::RstNoBackend);
     }
     let idx = opaque((hash % n) as usize);
     if idx >= RING_SIZE {
-        return Err(Reason::DropNoBackend);
+        return Err(Reason::RstNoBackend);
     }
     let id = u32::from(set.ring[idx]);
     if backend_full(id) {
@@ -89,7 +89,7 @@ fn maglev(set: &BackendSet, hash: u32) -> Result<u32, Reason> {
 fn leastconn(set: &BackendSet, rt: *mut ServiceRuntime) -> Result<u32, Reason> {
     let n = set.n_active as u64;
     if n == 0 || n > MAX_ACTIVE as u64 {
-        return Err(Reason::DropNoBackend);
+        return Err(Reason::RstNoBackend);
     }
     let start = next_rr(rt);
     let mut best: Option<(u32, u64, u64)> = None;

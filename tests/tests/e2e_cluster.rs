@@ -516,9 +516,9 @@ fn e2e_kill_primary_under_writer_probe() {
     //    before), the replica notices it at its next HA loop (≤ loop_wait) and promotes, pgsvc has
     //    it UP within downinter + (rise-1)·fastinter, plus 1 s: 30 + 5 + 4 + 1 = 40 s;
     // 2. what clients see of pgsvc's share: from the new leader answering /primary (measured) to
-    //    the first write it took, at most downinter + (rise-1)·fastinter, plus the probe's attempt
-    //    timeout (1 s: while the primary service has no server pgsvc drops SYNs, so the attempt
-    //    under way when the server comes UP only ends at its timeout), plus 1 s = 6 s. (pgsvc's
+    //    the first write it took, at most downinter + (rise-1)·fastinter, plus one probe attempt
+    //    (its timeout, 1 s: pgsvc refuses SYNs with a RST while the service has no server, so an
+    //    attempt normally ends at once), plus 1 s = 6 s. (pgsvc's
     //    detection alone, from its log, is held to 5 s for every failover above.)
     let total_bound = norm::TTL + norm::LOOP_WAIT + norm::DETECT_UP + 1.0;
     let lb_share = seen.recovered_t - f.promoted_t;

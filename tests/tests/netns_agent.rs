@@ -113,12 +113,14 @@ fn switchover(test: &str, agent_args: &[&str]) -> Option<(Option<Duration>, Dura
     if let Some(t) = last_old {
         assert!(
             t <= down_bound,
-            "the demoted primary got a connection {t:?} after the flip (bound {down_bound:?})"
+            "the demoted primary got a connection {t:?} after the flip (bound {down_bound:?}); agent log:\n{}",
+            rig.log_text()
         );
     }
     assert!(
         first_new <= up_bound,
-        "the new primary got its first connection {first_new:?} after the flip (bound {up_bound:?})"
+        "the new primary got its first connection {first_new:?} after the flip (bound {up_bound:?}); agent log:\n{}",
+        rig.log_text()
     );
     // The session opened before the flip was shut down with the server.
     let err = old

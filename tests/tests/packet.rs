@@ -446,7 +446,6 @@ fn syns_over_maxconn_or_without_backends_are_dropped() {
         XDP_DROP
     );
     assert_eq!(r.reason(Reason::DropBackendMaxconn), 1);
-    // No usable server at all.
     let Some(mut r) = rig(
         "no_backend",
         Algorithm::RoundRobin,
@@ -455,12 +454,27 @@ fn syns_over_maxconn_or_without_backends_are_dropped() {
     ) else {
         return;
     };
+    // No usable server at all: the SYN is refused with a RST at once (as HAProxy closes such a
+    // connection), not dropped into a 1 s retransmission.
+    let mut t = Tcp::new((CLIENT, 33050), (VIP, 5433), SYN);
+    t.seq = 41_000;
+    let (action, out) = r.run(&t.frame());
+    assert_eq!(action, XDP_TX);
+    let p = parse_verified(&out).expect("checksums");
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 5433, CLIENT, 33050));
+    assert_eq!((p.dst_mac, p.src_mac), (CLIENT_MAC, LB_MAC));
+    assert_eq!((p.flags, p.seq, p.ack), (RST | ACK, 0, 41_001));
+    assert_eq!(r.reason(Reason::RstNoBackend), 1);
     assert_eq!(
-        r.run(&Tcp::new((CLIENT, 33050), (VIP, 5433), SYN).frame())
-            .0,
-        XDP_DROP
+        r.dp.service_stats(SVC).expect("stats").rst_sent,
+        1,
+        "counted as sent"
     );
-    assert_eq!(r.reason(Reason::DropNoBackend), 1);
+    assert_eq!(
+        (r.table("pending"), r.table("established")),
+        (0, 0),
+        "no flow for a refused SYN"
+    );
 }
 
 #[test]
