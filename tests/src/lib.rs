@@ -5,6 +5,7 @@
 pub mod agent_rig;
 pub mod etcd;
 pub mod guard;
+pub mod local_client;
 pub mod netns;
 pub mod packet;
 pub mod sandbox;

@@ -5,7 +5,9 @@
 //! through the local path (destination translated in XDP, replies restored by TC egress; the member
 //! sees the client's own address), the others through full NAT (they see the node's address) —
 //! and the VIP, moved between nodes at runtime as vip-manager would, must keep working without a
-//! restart, its old flows reset rather than black-holed.
+//! restart, its old flows reset rather than black-holed. Processes inside each node (127.0.0.1, the
+//! node's address, the VIP) reach the same members through that node's cgroup socket programs
+//! (each agent has its own test cgroup).
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -16,8 +18,9 @@ use std::{
 use pgsvc_tests::{
     agent_rig::{CLIENT, VIP, inventory, node_addr, pgsvc_bin},
     guard::{ChildGuard, PinDir, unique},
+    local_client::{LocalClient, TestCgroup},
     netns::{Conn, NameServer, NsWorker, Topology, http_request},
-    require_root,
+    require_root, skip,
 };
 
 const ADMIN_PORT: u16 = 9102;
@@ -35,6 +38,9 @@ struct NodeRig {
     _servers: Vec<NameServer>,
     _pass: NsWorker<Vec<pgsvc::datapath::pass::PassProgram>>,
     _pins: Vec<PinDir>,
+    /// Each agent's cgroup for its socket programs (none without cgroup v2; dropped after the
+    /// agents).
+    cgroups: Vec<TestCgroup>,
     dir: std::path::PathBuf,
     topo: Topology,
 }
@@ -68,6 +74,7 @@ impl NodeRig {
             _servers: Vec::new(),
             _pass: pass,
             _pins: Vec::new(),
+            cgroups: (0..3).map_while(|_| TestCgroup::new()).collect(),
             dir,
             topo,
         };
@@ -105,6 +112,9 @@ impl NodeRig {
                 .args(["--log", "info"])
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log);
+            if let Some(cg) = rig.cgroups.get(i) {
+                cmd.args(["--cgroup", &cg.arg()]);
+            }
             rig.agents.push(ChildGuard::spawn(cmd));
             rig._pins.push(pins);
         }
@@ -315,6 +325,79 @@ fn every_service_on_every_node_lands_on_the_right_member() {
     // The replica node itself is DOWN for 5438's normal server and still serves 5433 and 5436.
     rig.expect_lands(node_addr(2), 5433, "pg-test-1:6432", node_addr(2));
     rig.expect_lands(node_addr(2), 5436, "pg-test-1:5432", node_addr(2));
+}
+
+#[test]
+fn clients_inside_each_node_land_on_the_right_member_through_every_local_address() {
+    let test = "clients_inside_each_node_land_on_the_right_member";
+    if !require_root(test) {
+        return;
+    }
+    let rig = NodeRig::start();
+    if rig.cgroups.len() < 3 {
+        skip(test, "cgroup v2 is not mounted on this machine");
+        return;
+    }
+    for node in 0..3 {
+        // The VIP on this node, as vip-manager puts it on the leader; the agent follows the
+        // address at runtime.
+        rig.move_vip(node);
+        let ns = rig.topo.host(1 + node).ns.name.clone();
+        for addr in [Ipv4Addr::LOCALHOST, node_addr(node), VIP] {
+            for (port, server, _) in MATRIX {
+                let t0 = Instant::now();
+                let c = loop {
+                    match LocalClient::open(&ns, Some(&rig.cgroups[node]), addr, port) {
+                        Ok(c) => break c,
+                        // The VIP just arrived: the agent adds it to its scope on the address
+                        // event.
+                        Err(e) if addr == VIP && t0.elapsed() < Duration::from_secs(3) => {
+                            eprintln!("{test}: node {node} {addr}:{port}: {e}, retrying");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(e) => panic!("node {node}, {addr}:{port}: {e}\n{}", rig.logs()),
+                    }
+                };
+                assert_eq!(
+                    c.server, server,
+                    "node {node}, {addr}:{port} landed on the wrong member"
+                );
+                assert_eq!(
+                    c.peer,
+                    SocketAddr::from((addr, port)),
+                    "node {node}, {addr}:{port}: getpeername"
+                );
+                // The member sees the node's own address: the socket's source, chosen for the
+                // member's address (local or remote alike).
+                assert_eq!(
+                    c.seen_by_server.ip(),
+                    std::net::IpAddr::V4(node_addr(node)),
+                    "node {node}, {addr}:{port} → {server}: the member saw the wrong client"
+                );
+            }
+        }
+    }
+    // Counted by each node's own agent: three local clients of 5433 each (one per address).
+    for node in 0..3 {
+        rig.wait_for(
+            &format!("3 local sessions of pg-test-primary in node {node}'s /metrics"),
+            Duration::from_secs(5),
+            |r| {
+                r.metric(
+                    node,
+                    "haproxy_server_sessions_total",
+                    &["proxy=\"pg-test-primary\"", "server=\"pg-test-1\""],
+                ) == Some(3.0)
+            },
+        );
+    }
+    // A process outside the node's cgroup is not balanced: nothing listens on the node's 5433.
+    let outside = LocalClient::open(&rig.topo.host(2).ns.name, None, Ipv4Addr::LOCALHOST, 5433);
+    assert!(
+        outside.is_err(),
+        "a client outside the cgroup was balanced to {:?}",
+        outside.map(|c| c.server.clone())
+    );
 }
 
 #[test]

@@ -15,7 +15,8 @@ use std::{
 use pgsvc_tests::{
     agent_rig::{AgentRig, LB, VIP, node_addr, pgsvc_bin},
     etcd::{self, Etcd, LEADER_KEY},
-    guard::{ChildGuard, PinDir, unique},
+    guard::{ChildGuard, PinDir},
+    local_client::{TestCgroup, python},
     netns::{Conn, http_request},
     require_root,
 };
@@ -236,50 +237,6 @@ fn an_idle_flow_to_the_vip_is_reset_when_the_vip_leaves_the_node() {
     );
 }
 
-/// A child cgroup of the cgroup v2 root for one agent's socket programs, removed on drop (its
-/// processes killed first).
-struct TestCgroup(std::path::PathBuf);
-
-impl TestCgroup {
-    fn new() -> Option<Self> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let root = info.lines().find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| std::path::PathBuf::from(mount_point))
-        })?;
-        let path = root.join(unique("rst"));
-        std::fs::create_dir(&path).expect("creating the test cgroup");
-        Some(Self(path))
-    }
-
-    fn arg(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let procs = self.0.join("cgroup.procs");
-        for _ in 0..50 {
-            let pids = std::fs::read_to_string(&procs).unwrap_or_default();
-            if pids.trim().is_empty() && std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                // SAFETY: plain kill(2) of a process of our own test cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("could not remove the test cgroup {}", self.0.display());
-    }
-}
-
 /// A client on the node itself: connects, prints the greeting, then blocks reading its socket
 /// (sending nothing) and prints how and when (epoch seconds) the read ended.
 const IDLE_CLIENT_PY: &str = r#"
@@ -303,33 +260,12 @@ struct IdleLocalClient {
 
 impl IdleLocalClient {
     fn open(ns: &str, cg: &TestCgroup, addr: std::net::Ipv4Addr, port: u16) -> Self {
-        use std::{io::BufRead as _, os::unix::process::CommandExt as _};
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(cg.0.join("cgroup.procs"))
-            .expect("opening cgroup.procs");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
+        use std::io::BufRead as _;
         let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            ns,
-            "/usr/bin/python3",
-            "-c",
-            IDLE_CLIENT_PY,
-        ])
-        .args([addr.to_string(), port.to_string()])
-        .stdout(std::process::Stdio::piped());
-        // SAFETY: only write(2) between fork and exec: the child moves itself into the cgroup.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        cmd.args(["netns", "exec", ns, python(), "-c", IDLE_CLIENT_PY])
+            .args([addr.to_string(), port.to_string()])
+            .stdout(std::process::Stdio::piped());
+        let procs = cg.enter_on_spawn(&mut cmd);
         let mut child = ChildGuard::spawn(cmd);
         drop(procs);
         let stdout = child
