@@ -83,31 +83,59 @@ impl Etcd {
         &self.url
     }
 
-    /// Writes `key` = `value`.
+    /// Runs `f` with a client (as `user`, when given) inside the namespace, each step bounded
+    /// (connect and request 3 s).
     ///
     /// # Errors
-    /// etcd unreachable or slow (3 s).
-    pub fn put(&self, key: &str, value: &str) -> Result<(), etcd_client::Error> {
-        let (key, value, url) = (key.to_owned(), value.to_owned(), self.url.clone());
+    /// etcd unreachable, slow or refusing the request.
+    pub fn with<R: Send + 'static>(
+        &self,
+        user: Option<(&str, &str)>,
+        f: impl AsyncFnOnce(&mut Client) -> Result<R, etcd_client::Error> + Send + 'static,
+    ) -> Result<R, etcd_client::Error> {
+        let user = user.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        let url = self.url.clone();
         self.worker.run(move |_| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let o = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+                let mut o = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+                if let Some((u, p)) = user {
+                    o = o.with_user(u, p);
+                }
                 let mut c =
                     tokio::time::timeout(Duration::from_secs(3), Client::connect([url], Some(o)))
                         .await
                         .map_err(|_| {
                             etcd_client::Error::InvalidArgs("connect timed out".into())
                         })??;
-                tokio::time::timeout(Duration::from_secs(3), c.put(key, value, None))
+                tokio::time::timeout(Duration::from_secs(3), f(&mut c))
                     .await
-                    .map_err(|_| etcd_client::Error::InvalidArgs("put timed out".into()))?
-                    .map(|_| ())
+                    .map_err(|_| etcd_client::Error::InvalidArgs("request timed out".into()))?
             })
         })
+    }
+
+    /// Writes `key` = `value`.
+    ///
+    /// # Errors
+    /// etcd unreachable or slow (3 s).
+    pub fn put(&self, key: &str, value: &str) -> Result<(), etcd_client::Error> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.with(None, async move |c| {
+            c.put(key, value, None).await.map(|_| ())
+        })
+    }
+
+    /// Deletes `key`.
+    ///
+    /// # Errors
+    /// etcd unreachable or slow (3 s).
+    pub fn delete(&self, key: &str) -> Result<(), etcd_client::Error> {
+        let key = key.to_owned();
+        self.with(None, async move |c| c.delete(key, None).await.map(|_| ()))
     }
 }
 

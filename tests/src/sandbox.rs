@@ -229,6 +229,34 @@ impl Failover {
     pub fn promotion_s(&self) -> f64 {
         self.promoted_t - self.event_t
     }
+
+    /// Asserts that no write in `attempts` was acknowledged by a node while it was not the
+    /// primary: none in recovery, the old primary's last ack before the new one was promoted, the
+    /// new one's first ack after the event, and no other node at all.
+    ///
+    /// # Panics
+    /// On the first write that breaks it, named `name`.
+    pub fn assert_writes_only_on_the_primary(&self, name: &str, attempts: &[Attempt]) {
+        let (old_ip, new_ip) = (self.old.addr.to_string(), self.new.addr.to_string());
+        for a in attempts.iter().filter(|a| a.ok) {
+            assert_eq!(
+                a.in_recovery,
+                Some(false),
+                "{name}: write acknowledged in recovery: {a:?}"
+            );
+            match a.addr.as_deref() {
+                Some(x) if x == old_ip => assert!(
+                    a.t1 <= self.promoted_t,
+                    "{name}: the old primary acknowledged a write after the new one was promoted: {a:?}"
+                ),
+                Some(x) if x == new_ip => assert!(
+                    a.t0 >= self.event_t,
+                    "{name}: the new primary acknowledged a write before the event: {a:?}"
+                ),
+                other => panic!("{name}: write acknowledged by {other:?}: {a:?}"),
+            }
+        }
+    }
 }
 
 /// A running sandbox; dropped means down.

@@ -321,27 +321,8 @@ fn failover_under_probe(
         violations.is_empty(),
         "{name}: safety violations: {violations:?}"
     );
-    // No write acknowledged by a node while it was not the primary: the old primary's last ack
-    // before the new one was promoted, the new one's first ack after the event.
+    f.assert_writes_only_on_the_primary(name, &attempts);
     let (old_ip, new_ip) = (f.old.addr.to_string(), f.new.addr.to_string());
-    for a in attempts.iter().filter(|a| a.ok) {
-        assert_eq!(
-            a.in_recovery,
-            Some(false),
-            "{name}: write acknowledged in recovery: {a:?}"
-        );
-        match a.addr.as_deref() {
-            Some(x) if x == old_ip => assert!(
-                a.t1 <= f.promoted_t,
-                "{name}: the old primary acknowledged a write after the new one was promoted: {a:?}"
-            ),
-            Some(x) if x == new_ip => assert!(
-                a.t0 >= f.event_t,
-                "{name}: the new primary acknowledged a write before the event: {a:?}"
-            ),
-            other => panic!("{name}: write acknowledged by {other:?}: {a:?}"),
-        }
-    }
     let verify = &s["verify"];
     report(&format!(
         "{name}: verify: {} acknowledged rows, {} lost, {} on another node",

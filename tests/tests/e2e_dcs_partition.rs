@@ -15,7 +15,9 @@
 
 use std::{io::Write as _, time::Duration};
 
-use pgsvc_tests::sandbox::{MEMBERS, Member, Pgsvc, Probe, Sandbox, VIP, epoch, require_sandbox};
+use pgsvc_tests::sandbox::{
+    Failover, MEMBERS, Member, Pgsvc, Probe, Sandbox, VIP, epoch, require_sandbox,
+};
 use serde_json::Value;
 
 fn report(line: &str) {
@@ -54,24 +56,14 @@ fn check_writes(via: &str, p: &Probe, old: Member, new: Member, cut_t: f64, prom
     );
     let (old_ip, new_ip) = (old.addr.to_string(), new.addr.to_string());
     let attempts = p.attempts();
-    for a in attempts.iter().filter(|a| a.ok) {
-        assert_eq!(
-            a.in_recovery,
-            Some(false),
-            "via {via}: write acknowledged in recovery: {a:?}"
-        );
-        match a.addr.as_deref() {
-            Some(x) if x == old_ip => assert!(
-                a.t1 <= promoted_t,
-                "via {via}: the old primary acknowledged a write after the new one was promoted: {a:?}"
-            ),
-            Some(x) if x == new_ip => assert!(
-                a.t0 >= cut_t,
-                "via {via}: the new primary acknowledged a write before the cut: {a:?}"
-            ),
-            other => panic!("via {via}: write acknowledged by {other:?}: {a:?}"),
-        }
-    }
+    let cut = Failover {
+        kind: "etcd-cut",
+        event_t: cut_t,
+        promoted_t,
+        old,
+        new,
+    };
+    cut.assert_writes_only_on_the_primary(&format!("via {via}"), &attempts);
     let last_old = attempts
         .iter()
         .filter(|a| a.ok && a.addr.as_deref() == Some(old_ip.as_str()))

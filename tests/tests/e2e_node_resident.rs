@@ -242,25 +242,7 @@ fn check_probe(kind: &str, via: &str, p: &Probe, f: &Failover, expect_no_loss: b
         violations.is_empty(),
         "{name}: safety violations: {violations:?}"
     );
-    let (old_ip, new_ip) = (f.old.addr.to_string(), f.new.addr.to_string());
-    for a in p.attempts().iter().filter(|a| a.ok) {
-        assert_eq!(
-            a.in_recovery,
-            Some(false),
-            "{name}: write acknowledged in recovery: {a:?}"
-        );
-        match a.addr.as_deref() {
-            Some(x) if x == old_ip => assert!(
-                a.t1 <= f.promoted_t,
-                "{name}: the old primary acknowledged a write after the new one was promoted: {a:?}"
-            ),
-            Some(x) if x == new_ip => assert!(
-                a.t0 >= f.event_t,
-                "{name}: the new primary acknowledged a write before the event: {a:?}"
-            ),
-            other => panic!("{name}: write acknowledged by {other:?}: {a:?}"),
-        }
-    }
+    f.assert_writes_only_on_the_primary(&name, &p.attempts());
     let verify = &s["verify"];
     assert_eq!(verify["addr_mismatch_count"], 0, "{name}: {verify}");
     if expect_no_loss {

@@ -9,21 +9,19 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use etcd_client::{Client, ConnectOptions, Permission};
+use etcd_client::Permission;
 use pgsvc_tests::{
     agent_rig::{AgentRig, LB, pgsvc_bin},
-    guard::{ChildGuard, PinDir},
-    netns::{Conn, NsWorker},
+    etcd::{ETCD, Etcd, LEADER_KEY},
+    guard::PinDir,
+    netns::Conn,
     require_root,
 };
 
-const ETCD: &str = "/usr/bin/etcd";
-const LEADER_KEY: &str = "/pg/pg-test/leader";
 const FAILOVER_KEY: &str = "/pg/pg-test/failover";
 
 fn stub() -> &'static str {
@@ -47,98 +45,6 @@ fn inventory(options: &str) -> String {
         ),
         1,
     )
-}
-
-/// A one-member etcd in the LB host's namespace, removed (process and data) on drop.
-struct Etcd {
-    proc: ChildGuard,
-    _dir: PathBuf,
-    worker: NsWorker<()>,
-}
-
-impl Etcd {
-    fn start(rig: &AgentRig) -> Self {
-        let dir = rig.dir.join("etcd");
-        let log = std::fs::File::create(rig.dir.join("etcd.log")).expect("etcd log");
-        let url = etcd_url();
-        let peer = format!("http://{LB}:2380");
-        let mut cmd = rig.topo.host(1).ns.command(ETCD);
-        cmd.args(["--name", "dcs-test", "--data-dir"])
-            .arg(&dir)
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("dcs-test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log);
-        let etcd = Self {
-            proc: ChildGuard::spawn(cmd),
-            _dir: dir,
-            worker: NsWorker::start(rig.lb_ns(), || ()),
-        };
-        let t0 = Instant::now();
-        while etcd.put(LEADER_KEY, "pg-test-1").is_err() {
-            assert!(
-                // Generous: the machine may be busy with parallel builds and tests.
-                t0.elapsed() < Duration::from_secs(40),
-                "etcd did not start; log:\n{}",
-                std::fs::read_to_string(rig.dir.join("etcd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        etcd
-    }
-
-    /// Runs `f` with a client (as `user`, when given) inside the LB namespace.
-    fn with<R: Send + 'static>(
-        &self,
-        user: Option<(&str, &str)>,
-        f: impl AsyncFnOnce(&mut Client) -> Result<R, etcd_client::Error> + Send + 'static,
-    ) -> Result<R, etcd_client::Error> {
-        let user = user.map(|(u, p)| (u.to_owned(), p.to_owned()));
-        self.worker.run(move |_| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut o = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
-                if let Some((u, p)) = user {
-                    o = o.with_user(u, p);
-                }
-                let mut c = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    Client::connect([etcd_url()], Some(o)),
-                )
-                .await
-                .map_err(|_| etcd_client::Error::InvalidArgs("connect timed out".into()))??;
-                tokio::time::timeout(Duration::from_secs(3), f(&mut c))
-                    .await
-                    .map_err(|_| etcd_client::Error::InvalidArgs("request timed out".into()))?
-            })
-        })
-    }
-
-    fn put(&self, key: &str, value: &str) -> Result<(), etcd_client::Error> {
-        let (key, value) = (key.to_owned(), value.to_owned());
-        self.with(None, async move |c| {
-            c.put(key, value, None).await.map(|_| ())
-        })
-    }
-
-    fn delete(&self, key: &str) -> Result<(), etcd_client::Error> {
-        let key = key.to_owned();
-        self.with(None, async move |c| c.delete(key, None).await.map(|_| ()))
-    }
 }
 
 fn set(v: &[String]) -> BTreeSet<String> {
@@ -167,7 +73,13 @@ fn can_run(test: &str) -> bool {
 
 fn rig_with_etcd(options: &str, args: &[&str]) -> (AgentRig, Etcd) {
     let mut rig = AgentRig::start_with(&inventory(options), stub(), args);
-    let etcd = Etcd::start(&rig);
+    let etcd = Etcd::start(
+        rig.lb_ns(),
+        |bin| rig.topo.host(1).ns.command(bin),
+        LB,
+        &rig.dir,
+        "pg-test-1",
+    );
     // The watch retries every second: the agent finds etcd by itself.
     rig.wait_for("fencing on pg-test-1", Duration::from_secs(30), |r| {
         let d = &r.status()["dcs"][0];
