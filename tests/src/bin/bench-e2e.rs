@@ -5,11 +5,13 @@
 //! `pgbench -i -s 10` once against the primary's pgbouncer, then:
 //!
 //! 1. **Throughput rounds.** Each round visits its slots in a rotated order — direct, HAProxy and
-//!    pgsvc on the LB host, then HAProxy and pgsvc on the nodes ([`node`]); the next round starts one
-//!    slot later. An LB-host slot runs pgbench select-only (simple and prepared protocol, `-c 8 -j 2`,
-//!    per-transaction logs for the p99), `pgbench -C` (a new connection per transaction: connections
-//!    per second), and iperf3 through a service port; a node slot runs pgbench against the primary's
-//!    node (local member) and a replica's node (remote member). Only the load balancer under test
+//!    pgsvc on the LB host, then HAProxy and pgsvc on the nodes and direct through the same XDP hooks
+//!    as pgsvc's, each passing every packet (the floor of an XDP datapath on veth; [`node`]); the
+//!    next round starts one slot later. An LB-host slot runs pgbench select-only (simple and
+//!    prepared protocol, `-c 8 -j 2`, per-transaction logs for the p99), `pgbench -C` (a new
+//!    connection per transaction: connections per second), and iperf3 through a service port; a node
+//!    slot runs pgbench against the primary's node (local member) and a replica's node (remote
+//!    member), or, in the XDP-pass slot, against the primary's pgbouncer. Only the load balancer under test
 //!    runs during its slot (none during direct), so no LB pays for the other's packets. CPU: the LB
 //!    process's utime+stime and the machine's softirq, system and total busy time from /proc/stat,
 //!    normalised per 1000 transactions / connections or per GB. `--topology lb-host|node` measures
@@ -929,7 +931,11 @@ impl Topology {
             v.extend([Slot::Lb(Target::Haproxy), Slot::Lb(Target::Pgsvc)]);
         }
         if self.node() {
-            v.extend([Slot::Node(NodeLb::Haproxy), Slot::Node(NodeLb::Pgsvc)]);
+            v.extend([
+                Slot::Node(NodeLb::Haproxy),
+                Slot::Node(NodeLb::Pgsvc),
+                Slot::Node(NodeLb::XdpPass),
+            ]);
         }
         v
     }
@@ -940,7 +946,8 @@ impl Topology {
 enum Slot {
     /// The LB-host topology's targets, and direct.
     Lb(Target),
-    /// HAProxy or pgsvc on the primary's and a replica's node.
+    /// HAProxy or pgsvc on the primary's and a replica's node, or (no LB) the same XDP hooks as
+    /// pgsvc's, each passing every packet.
     Node(NodeLb),
 }
 
@@ -2314,7 +2321,7 @@ struct Series {
 /// One panel of the chart: a title, its series, and the figures (rows) that have at least one ratio.
 struct Panel<'a> {
     title: String,
-    series: &'static [Series],
+    series: Vec<&'static Series>,
     rows: Vec<&'a Value>,
     bar: f64,
 }
@@ -2333,6 +2340,11 @@ const LB_SERIES: &[Series] = &[
 ];
 
 const NODE_SERIES: &[Series] = &[
+    Series {
+        key: "direct_xdp_pass_vs_direct",
+        legend: "direct, XDP_PASS hooks",
+        color: "#9a9a9a",
+    },
     Series {
         key: "haproxy_local_vs_direct",
         legend: "HAProxy, local member",
@@ -2371,7 +2383,7 @@ impl Panel<'_> {
             xml(&self.title)
         );
         let mut x = 10.0;
-        for se in self.series {
+        for se in &self.series {
             let _ = writeln!(
                 s,
                 r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
@@ -2466,14 +2478,22 @@ fn svg(doc: &Value) -> String {
                 "Node-resident (Pigsty's default) — {}:5433 local member, {}:5433 remote",
                 MEMBERS[0], MEMBERS[1]
             ),
-            series: NODE_SERIES,
+            // an older JSON has no floor (direct through the XDP hooks): that series is left out
+            // (a target that failed in every round still shows as "not measured")
+            series: NODE_SERIES
+                .iter()
+                .filter(|se| {
+                    se.key != "direct_xdp_pass_vs_direct"
+                        || node_rows.iter().any(|f| f["ratios"][se.key].is_number())
+                })
+                .collect(),
             rows: node_rows.iter().collect(),
             bar: 10.0,
         });
     }
     panels.push(Panel {
         title: "LB host: HAProxy on the LB host's address, pgsvc on the VIP".into(),
-        series: LB_SERIES,
+        series: LB_SERIES.iter().collect(),
         rows: lb_rows.iter().collect(),
         bar: 13.0,
     });

@@ -10,6 +10,12 @@
 //!   packet to the node's own stack; HAProxy proxies to its own node's pgbouncer;
 //! - `<replica>:5433` — a **remote member**: the replica's node forwards to the primary (pgsvc: XDP
 //!   full NAT; HAProxy: a proxied connection).
+//!
+//! A third slot, *node XDP pass*, is the floor of any XDP datapath on this veth test bed: no LB runs,
+//! but the pass-through program (`XDP_PASS` only) sits natively on both nodes' `eth0` and on their
+//! switch ports — every XDP hook the pgsvc slot has — and the client dials `<primary>:6432` as direct
+//! does. On a veth, native XDP copies each cloned skb (every TCP data segment) into an XDP buffer and
+//! builds a new skb after `XDP_PASS`; a physical NIC does none of that.
 
 use super::*;
 
@@ -29,11 +35,13 @@ fn host(node: usize) -> String {
     format!("n{}", node + 1)
 }
 
-/// The load balancer of a node slot.
+/// The load balancer of a node slot (`XdpPass`: none, only the XDP hooks pgsvc's slot has, each
+/// running the pass-through program).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum NodeLb {
     Haproxy,
     Pgsvc,
+    XdpPass,
 }
 
 impl NodeLb {
@@ -41,11 +49,13 @@ impl NodeLb {
         match self {
             NodeLb::Haproxy => "node_haproxy",
             NodeLb::Pgsvc => "node_pgsvc",
+            NodeLb::XdpPass => "node_xdp_pass",
         }
     }
 }
 
-/// What the client dials in a node slot: the LB, and whether the dialled node holds the member.
+/// What the client dials in a node slot: the LB, and whether the dialled node holds the member (the
+/// XDP-pass slot has one target, the local member's pgbouncer dialled directly).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) struct NodeTarget {
     pub(super) lb: NodeLb,
@@ -53,7 +63,11 @@ pub(super) struct NodeTarget {
 }
 
 /// The node targets in the order of the tables' columns.
-pub(super) const NODE_TARGETS: [NodeTarget; 4] = [
+pub(super) const NODE_TARGETS: [NodeTarget; 5] = [
+    NodeTarget {
+        lb: NodeLb::XdpPass,
+        local: true,
+    },
     NodeTarget {
         lb: NodeLb::Haproxy,
         local: true,
@@ -80,6 +94,7 @@ impl NodeTarget {
             (NodeLb::Pgsvc, true) => "pgsvc_local",
             (NodeLb::Haproxy, false) => "haproxy_remote",
             (NodeLb::Pgsvc, false) => "pgsvc_remote",
+            (NodeLb::XdpPass, _) => "direct_xdp_pass",
         }
     }
 
@@ -91,14 +106,20 @@ impl NodeTarget {
         }
     }
 
-    /// Where pgbench connects: the service port of the dialled node's own address.
+    /// Where pgbench connects: the service port of the dialled node's own address; with only the
+    /// XDP hooks, the primary's pgbouncer itself (direct's address).
     pub(super) fn pg(self) -> (&'static str, u16) {
-        (NODES[self.node()], PRIMARY_PORT)
+        let port = if self.lb == NodeLb::XdpPass {
+            PGBOUNCER_PORT
+        } else {
+            PRIMARY_PORT
+        };
+        (NODES[self.node()], port)
     }
 
-    /// The measurements of this target: the local member gets what the LB-host targets get but
-    /// iperf3; the remote member select-only with the simple protocol, for half as long (the time
-    /// budget: the node slots add about 8 minutes to a full run).
+    /// The measurements of this target: the local member (and direct through the XDP hooks) gets
+    /// what the LB-host targets get but iperf3; the remote member select-only with the simple
+    /// protocol, for half as long (the time budget: the node slots add about 11 minutes to a full run).
     pub(super) fn kinds(self, prepared: bool) -> Vec<Kind> {
         let mut k = vec![Kind::Simple];
         if self.local {
@@ -126,9 +147,12 @@ pub(super) struct NodeLbs {
     /// One process per node in NODE_IDX order while `running` is set.
     procs: Vec<Bg>,
     starts: u32,
-    /// The pass-through XDP program on the nodes' switch ports while pgsvc runs (native XDP_TX on a
-    /// veth reaches the peer only when the peer runs XDP too).
+    /// The pass-through XDP program on the nodes' switch ports while pgsvc runs, or the XDP-pass
+    /// slot (native XDP_TX on a veth reaches the peer only when the peer runs XDP too).
     pass: NsWorker<Vec<PassProgram>>,
+    /// One worker in each node's namespace (NODE_IDX order) holding the pass-through program on the
+    /// node's `eth0` during the XDP-pass slot, where pgsvc's own program sits during its slot.
+    node_pass: Vec<NsWorker<Option<PassProgram>>>,
 }
 
 /// Pigsty's HAProxy config for a database node: what `pgsvc render haproxy` renders, binds kept as
@@ -213,6 +237,10 @@ impl NodeLbs {
             procs: Vec::new(),
             starts: 0,
             pass: NsWorker::start(&sb.ns("sw"), Vec::new),
+            node_pass: NODE_IDX
+                .into_iter()
+                .map(|node| NsWorker::start(&sb.ns(&host(node)), || None))
+                .collect(),
         })
     }
 
@@ -259,7 +287,25 @@ impl NodeLbs {
         self.wait_ready(lb, client)
     }
 
-    /// Starts `lb`'s processes on both nodes (and the pass-through programs for pgsvc).
+    /// The pass-through program, native, on both nodes' switch ports (in the switch namespace).
+    fn attach_switch_pass(&self) -> Result<()> {
+        self.pass
+            .run(|p| -> Result<(), String> {
+                for node in NODE_IDX {
+                    p.push(
+                        PassProgram::attach(&host(node), None)
+                            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?,
+                    );
+                }
+                Ok(())
+            })
+            .map_err(|e| anyhow!("attaching the pass-through XDP program: {e}"))
+    }
+
+    /// Starts `lb`'s processes on both nodes (and the pass-through programs for pgsvc); for the
+    /// XDP-pass slot only attaches the pass-through program on the switch ports and on both nodes'
+    /// `eth0` (native, inside the node's namespace: where `pgsvc run --iface eth0 --xdp-mode native`
+    /// attaches its own).
     fn spawn(&mut self, lb: NodeLb) -> Result<()> {
         match lb {
             NodeLb::Haproxy => {
@@ -280,18 +326,28 @@ impl NodeLbs {
                         .push(Bg::spawn(&name, &mut cmd, Duration::from_secs(10))?);
                 }
             }
+            NodeLb::XdpPass => {
+                self.attach_switch_pass()?;
+                for (i, node) in NODE_IDX.into_iter().enumerate() {
+                    self.node_pass[i]
+                        .run(|p| -> Result<(), String> {
+                            // with the cause: EBUSY here means an XDP program is still on eth0
+                            // (e.g. a pinned link of a pgsvc that was killed)
+                            let prog = PassProgram::attach("eth0", None)
+                                .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+                            *p = Some(prog);
+                            Ok(())
+                        })
+                        .map_err(|e| {
+                            anyhow!(
+                                "attaching the pass-through XDP program to eth0 of {}: {e}",
+                                MEMBERS[node]
+                            )
+                        })?;
+                }
+            }
             NodeLb::Pgsvc => {
-                self.pass
-                    .run(|p| -> Result<(), String> {
-                        for node in NODE_IDX {
-                            p.push(
-                                PassProgram::attach(&host(node), None)
-                                    .map_err(|e| e.to_string())?,
-                            );
-                        }
-                        Ok(())
-                    })
-                    .map_err(|e| anyhow!("attaching the pass-through XDP program: {e}"))?;
+                self.attach_switch_pass()?;
                 self.starts += 1;
                 for node in NODE_IDX {
                     let pin = PathBuf::from("/sys/fs/bpf")
@@ -311,8 +367,12 @@ impl NodeLbs {
         Ok(())
     }
 
-    /// Waits until every instance of `lb` answers (HAProxy: its stats socket; pgsvc: `/ready`).
+    /// Waits until every instance of `lb` answers (HAProxy: its stats socket; pgsvc: `/ready`); the
+    /// XDP-pass slot has no process and is ready once attached.
     fn wait_ready(&mut self, lb: NodeLb, client: &NsWorker<()>) -> Result<()> {
+        if lb == NodeLb::XdpPass {
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_S);
         loop {
             let mut pending = Vec::new();
@@ -325,6 +385,7 @@ impl NodeLbs {
                             http(client, Self::admin(node)?, "GET", "/ready"),
                             Ok((200, _))
                         ),
+                        NodeLb::XdpPass => true,
                     };
                 if !alive {
                     let log = self.log_tail(lb, node);
@@ -359,6 +420,7 @@ impl NodeLbs {
         let name = match lb {
             NodeLb::Haproxy => format!("haproxy-{}.log", host(node)),
             NodeLb::Pgsvc => format!("pgsvc-{}.log", host(node)),
+            NodeLb::XdpPass => return String::new(),
         };
         tail(
             &fs::read_to_string(self.work.join(name)).unwrap_or_default(),
@@ -366,12 +428,16 @@ impl NodeLbs {
         )
     }
 
-    /// Stops whatever runs on the nodes, and takes the pass-through programs off.
+    /// Stops whatever runs on the nodes, and takes the pass-through programs off (dropping a
+    /// [`PassProgram`] detaches it), so that pgsvc's slot finds `eth0` free of XDP.
     pub(super) fn stop(&mut self) {
         for mut p in self.procs.drain(..) {
             p.stop();
         }
         self.pass.run(Vec::clear);
+        for w in &self.node_pass {
+            w.run(|p| *p = None);
+        }
         self.running = None;
     }
 
@@ -419,6 +485,8 @@ impl NodeLbs {
                     NodeLb::Pgsvc => {
                         Self::admin(node).and_then(|a| pgsvc_active_servers(client, a, svc))
                     }
+                    // no LB: the client dials the primary's pgbouncer
+                    NodeLb::XdpPass => return None,
                 };
                 match got {
                     Ok(v) if v == want => {}
@@ -454,10 +522,12 @@ pub(super) fn document(measurements: &[Value], lbs: &NodeLbs, sb: &Sb) -> Value 
             "pgsvc_local": format!("{}:{PRIMARY_PORT} — pgsvc on pg-test-1's node, XDP translates 5433 → 6432 and passes to the node's stack", NODES[PRIMARY_NODE]),
             "haproxy_remote": format!("{}:{PRIMARY_PORT} — HAProxy on pg-test-2's node (a replica), proxying to pg-test-1", NODES[REPLICA_NODE]),
             "pgsvc_remote": format!("{}:{PRIMARY_PORT} — pgsvc on pg-test-2's node (a replica), XDP full NAT to pg-test-1", NODES[REPLICA_NODE]),
+            "direct_xdp_pass": format!("{}:{PGBOUNCER_PORT} — direct, no LB, through the same XDP hooks as node pgsvc, each running the pass-through program (XDP_PASS only)", NODES[PRIMARY_NODE]),
         },
-        "slots": "node HAProxy = HAProxy on pg-test-1's and pg-test-2's nodes; node pgsvc = pgsvc on both; only the slot's LB runs",
+        "slots": "node HAProxy = HAProxy on pg-test-1's and pg-test-2's nodes; node pgsvc = pgsvc on both; node XDP pass = no LB, the pass-through XDP program natively on both nodes' eth0 and on their switch ports; only the slot's LB (or hooks) run",
+        "floor": "direct_xdp_pass is the floor of any XDP datapath on this veth test bed: native XDP on a veth copies each cloned skb (every TCP data segment) into an XDP buffer and builds a new skb after XDP_PASS, which a physical NIC does not",
         "kinds": {
-            "local": "select_simple, select_prepared, connect",
+            "local": "select_simple, select_prepared, connect (also direct_xdp_pass)",
             "remote": "select_simple, for connect_secs (half of bench_secs)",
         },
         "target": local_target(&figs),
@@ -467,7 +537,7 @@ pub(super) fn document(measurements: &[Value], lbs: &NodeLbs, sb: &Sb) -> Value 
             Path::new("/sys/fs/bpf/<sandbox id>-n1/bench-<n>"),
         ))
         .replace(&sb.id, "<sandbox id>"),
-        "pass_program": "pgsvc::datapath::pass::PassProgram on the switch ports n1 and n2 while pgsvc runs",
+        "pass_program": "pgsvc::datapath::pass::PassProgram, native, on the switch ports n1 and n2 while pgsvc runs; in the XDP-pass slot on those ports and on eth0 inside pg-test-1's and pg-test-2's namespaces",
         "pgsvc_log_tail": lbs.log_tail(NodeLb::Pgsvc, PRIMARY_NODE),
         "figures": figs,
     })
@@ -475,17 +545,34 @@ pub(super) fn document(measurements: &[Value], lbs: &NodeLbs, sb: &Sb) -> Value 
 
 /// The acceptance target of the local member from the node figures: pgsvc_local / direct of the
 /// select-only TPS, simple and prepared (`met` is null when the simple round was not measured).
+/// Beside it, for information only, pgsvc_local against the floor (direct through the same XDP
+/// hooks) and the floor against direct.
 fn local_target(figs: &[Value]) -> Value {
     let target =
-        |key: &str| find_fig(figs, key).and_then(|f| f["ratios"]["pgsvc_local_vs_direct"].as_f64());
-    let (simple, prepared) = (target("select_simple.tps"), target("select_prepared.tps"));
+        |key: &str, ratio: &str| find_fig(figs, key).and_then(|f| f["ratios"][ratio].as_f64());
+    let both = |ratio: &str| {
+        (
+            target("select_simple.tps", ratio),
+            target("select_prepared.tps", ratio),
+        )
+    };
+    let (simple, prepared) = both("pgsvc_local_vs_direct");
     let met =
         simple.map(|s| s >= LOCAL_TPS_TARGET && prepared.is_none_or(|p| p >= LOCAL_TPS_TARGET));
+    let (floor_simple, floor_prepared) = both("pgsvc_local_vs_direct_xdp_pass");
+    let (hooks_simple, hooks_prepared) = both("direct_xdp_pass_vs_direct");
     json!({
         "rule": format!("pgsvc_local select-only TPS >= {LOCAL_TPS_TARGET} x direct (simple and prepared)"),
         "select_simple": simple,
         "select_prepared": prepared,
         "met": met,
+        "vs_floor": {
+            "what": "information, not the rule: pgsvc_local / direct_xdp_pass (direct through the same XDP hooks, XDP_PASS only), and the floor / direct",
+            "select_simple": floor_simple,
+            "select_prepared": floor_prepared,
+            "floor_vs_direct_simple": hooks_simple,
+            "floor_vs_direct_prepared": hooks_prepared,
+        },
     })
 }
 
@@ -526,6 +613,8 @@ pub(super) fn node_figures(measurements: &[Value]) -> Vec<Value> {
                     "pgsvc_remote_vs_direct": ratio(m("pgsvc_remote"), m("direct")),
                     "pgsvc_local_vs_haproxy_local": ratio(m("pgsvc_local"), m("haproxy_local")),
                     "pgsvc_remote_vs_haproxy_remote": ratio(m("pgsvc_remote"), m("haproxy_remote")),
+                    "direct_xdp_pass_vs_direct": ratio(m("direct_xdp_pass"), m("direct")),
+                    "pgsvc_local_vs_direct_xdp_pass": ratio(m("pgsvc_local"), m("direct_xdp_pass")),
                 },
             });
             for (k, v) in medians {
@@ -561,6 +650,21 @@ pub(super) fn markdown(doc: &Value) -> String {
          HAProxy and pgsvc run on both nodes during their slot, never together.\n",
         p["rounds"], NODES[PRIMARY_NODE], NODES[REPLICA_NODE],
     );
+    // an older JSON has no floor slot: its text and columns are left out, the rest renders as before
+    let has_floor = figs.iter().any(|f| f["direct_xdp_pass"].is_number());
+    if has_floor {
+        let _ = writeln!(
+            s,
+            "**Direct through the same XDP hooks (XDP_PASS only)** is the floor of any XDP datapath on this veth \
+             test bed: no LB runs, the client dials `{}:{PGBOUNCER_PORT}` as direct does, and the pass-through XDP \
+             program (it only returns `XDP_PASS`) is attached natively wherever pgsvc's slot has XDP — on both \
+             nodes' `eth0` and on their switch ports. On a veth, native XDP copies each cloned skb (every TCP data \
+             segment is one) into an XDP buffer and builds a new skb after `XDP_PASS`; a physical NIC does none of \
+             that. (pgsvc's slot also has its TC egress program and its cgroup socket programs; the floor has \
+             neither.)\n",
+            NODES[PRIMARY_NODE],
+        );
+    }
     let t = &nr["target"];
     let verdict = match t["met"].as_bool() {
         Some(true) => "**met**",
@@ -574,53 +678,116 @@ pub(super) fn markdown(doc: &Value) -> String {
         rat(&t["select_simple"]),
         rat(&t["select_prepared"]),
     );
+    let fl = &t["vs_floor"];
+    if fl["select_simple"].is_number() || fl["select_prepared"].is_number() {
+        let _ = writeln!(
+            s,
+            "Against the floor (information; the target above stays against direct): pgsvc on the local member \
+             = simple {}, prepared {} × direct through the same XDP hooks; the floor itself = simple {}, \
+             prepared {} × direct.\n",
+            rat(&fl["select_simple"]),
+            rat(&fl["select_prepared"]),
+            rat(&fl["floor_vs_direct_simple"]),
+            rat(&fl["floor_vs_direct_prepared"]),
+        );
+    }
+    let mut head = vec!["figure", "unit", "better", "direct"];
+    if has_floor {
+        head.extend([
+            "direct through the same XDP hooks (XDP_PASS only)",
+            "XDP hooks/direct",
+        ]);
+    }
+    head.extend([
+        "HAProxy local",
+        "pgsvc local",
+        "HAProxy local/direct",
+        "pgsvc local/direct",
+    ]);
+    if has_floor {
+        head.push("pgsvc local/XDP hooks");
+    }
+    head.extend([
+        "pgsvc/HAProxy local",
+        "HAProxy remote",
+        "pgsvc remote",
+        "HAProxy remote/direct",
+        "pgsvc remote/direct",
+    ]);
+    let row = |cells: &[String]| format!("| {} |", cells.join(" | "));
+    let _ = writeln!(s, "| {} |", head.join(" | "));
     let _ = writeln!(
         s,
-        "| figure | unit | better | direct | HAProxy local | pgsvc local | HAProxy local/direct | pgsvc local/direct | \
-         pgsvc/HAProxy local | HAProxy remote | pgsvc remote | HAProxy remote/direct | pgsvc remote/direct |"
-    );
-    let _ = writeln!(
-        s,
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---|{}",
+        "---:|".repeat(head.len().saturating_sub(3))
     );
     let mut section = "";
     for f in figs {
         let sec = f["section"].as_str().unwrap_or("");
         if sec != section {
-            let _ = writeln!(s, "| **{sec}** | | | | | | | | | | | | |");
+            let mut cells = vec![format!("**{sec}**")];
+            cells.resize(head.len(), String::new());
+            let _ = writeln!(s, "{}", row(&cells).replace("  ", " "));
             section = sec;
         }
-        let direct = if f["key"].as_str().is_some_and(|k| k.contains("lb_cpu")) {
-            "— (no LB)".to_string()
-        } else {
-            num(&f["direct"])
+        let no_lb = f["key"].as_str().is_some_and(|k| k.contains("lb_cpu"));
+        let base = |key: &str| {
+            if no_lb {
+                "— (no LB)".to_string()
+            } else {
+                num(&f[key])
+            }
         };
         let r = &f["ratios"];
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {direct} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            f["label"].as_str().unwrap_or(""),
-            f["unit"].as_str().unwrap_or(""),
-            f["better"].as_str().unwrap_or(""),
+        let mut cells = vec![
+            f["label"].as_str().unwrap_or("").to_owned(),
+            f["unit"].as_str().unwrap_or("").to_owned(),
+            f["better"].as_str().unwrap_or("").to_owned(),
+            base("direct"),
+        ];
+        if has_floor {
+            cells.extend([
+                base("direct_xdp_pass"),
+                rat(&r["direct_xdp_pass_vs_direct"]),
+            ]);
+        }
+        cells.extend([
             num(&f["haproxy_local"]),
             num(&f["pgsvc_local"]),
             rat(&r["haproxy_local_vs_direct"]),
             rat(&r["pgsvc_local_vs_direct"]),
+        ]);
+        if has_floor {
+            cells.push(rat(&r["pgsvc_local_vs_direct_xdp_pass"]));
+        }
+        cells.extend([
             rat(&r["pgsvc_local_vs_haproxy_local"]),
             num(&f["haproxy_remote"]),
             num(&f["pgsvc_remote"]),
             rat(&r["haproxy_remote_vs_direct"]),
             rat(&r["pgsvc_remote_vs_direct"]),
-        );
+        ]);
+        let _ = writeln!(s, "{}", row(&cells));
     }
     let _ = writeln!(s, "\n### How the node-resident rounds are measured\n");
+    let (floor_slot, floor_text, floor_kinds) = if has_floor {
+        (
+            ", *node pgsvc* and *node XDP pass*",
+            " The *node XDP pass* slot (the floor) runs no LB: the pass-through program natively on both switch \
+             ports and on `eth0` inside both nodes' namespaces, taken off again before any other slot starts \
+             (pgsvc's native attach needs `eth0` free of XDP).",
+            "local member and the floor",
+        )
+    } else {
+        (" and *node pgsvc*", "", "local member")
+    };
     let _ = writeln!(
         s,
-        "- **Slots**: every round visits direct, HAProxy on the LB host, pgsvc on the LB host, *node HAProxy* and \
-         *node pgsvc* in a rotated order. In a node slot the LB runs on pg-test-1's node (the primary) and on \
+        "- **Slots**: every round visits direct, HAProxy on the LB host, pgsvc on the LB host, *node HAProxy*\
+         {floor_slot} in a rotated order. In a node slot the LB runs on pg-test-1's node (the primary) and on \
          pg-test-2's node (a replica) at once; the node's HAProxy is stopped before its pgsvc starts (the upgrade \
          in place, no `--takeover`). pgsvc: `{}` (and the same on pg-test-2's node), with the pass-through XDP \
-         program on both nodes' switch ports (native `XDP_TX` on a veth needs it on the peer).",
+         program on both nodes' switch ports (native `XDP_TX` on a veth needs it on the peer).{floor_text}",
         nr["pgsvc_command"].as_str().unwrap_or("?"),
     );
     let _ = writeln!(
@@ -631,7 +798,7 @@ pub(super) fn markdown(doc: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "- **Measurements**: local member: pgbench -S simple and `-M prepared`, and `pgbench -C`, the same \
+        "- **Measurements**: {floor_kinds}: pgbench -S simple and `-M prepared`, and `pgbench -C`, the same \
          commands and CPU accounting as the LB-host rounds (no iperf3); remote member: pgbench -S simple only, \
          for {} s instead of {} s (time budget). *LB process CPU* is the serving node's HAProxy or pgsvc agent; *machine busy* (all CPUs, \
          every host of the sandbox) per 1000 transactions is the node's total price of a transaction here.",
@@ -648,19 +815,21 @@ pub(super) fn print_table(doc: &Value) {
         return;
     };
     println!(
-        "\nnode-resident: {:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "\nnode-resident: {:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "figure (median)",
         "direct",
+        "xdp-pass",
         "hap-loc",
         "pgsvc-loc",
         "hap-rem",
         "pgsvc-rem",
         "loc/dir",
+        "loc/xdp",
         "rem/dir"
     );
     for f in figs {
         println!(
-            "{:<59} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            "{:<59} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
             format!(
                 "{} {} [{}]",
                 f["section"].as_str().unwrap_or(""),
@@ -668,20 +837,25 @@ pub(super) fn print_table(doc: &Value) {
                 f["unit"].as_str().unwrap_or("")
             ),
             num(&f["direct"]),
+            num(&f["direct_xdp_pass"]),
             num(&f["haproxy_local"]),
             num(&f["pgsvc_local"]),
             num(&f["haproxy_remote"]),
             num(&f["pgsvc_remote"]),
             rat(&f["ratios"]["pgsvc_local_vs_direct"]),
+            rat(&f["ratios"]["pgsvc_local_vs_direct_xdp_pass"]),
             rat(&f["ratios"]["pgsvc_remote_vs_direct"]),
         );
     }
     let t = &nr["target"];
     println!(
-        "target pgsvc local >= {LOCAL_TPS_TARGET} x direct TPS: met = {} (simple {}, prepared {})",
+        "target pgsvc local >= {LOCAL_TPS_TARGET} x direct TPS: met = {} (simple {}, prepared {}); \
+         against direct through the same XDP hooks (information): simple {}, prepared {}",
         t["met"],
         rat(&t["select_simple"]),
-        rat(&t["select_prepared"])
+        rat(&t["select_prepared"]),
+        rat(&t["vs_floor"]["select_simple"]),
+        rat(&t["vs_floor"]["select_prepared"]),
     );
 }
 
@@ -695,8 +869,19 @@ mod tests {
     }
 
     /// Three rounds of select-only TPS for direct, the node targets and the LB host's pgsvc.
-    /// (`prepared` is pgsvc_local's prepared TPS minus `local`; direct's is the same as simple.)
+    /// (`prepared` is pgsvc_local's prepared TPS minus `local`; direct's is the same as simple;
+    /// direct through the XDP hooks does 940 simple, 960 prepared.)
     fn rounds_with(direct: f64, local: f64, prepared: f64) -> Vec<Value> {
+        let mut v = rounds_without_floor(direct, local, prepared);
+        for d in [-5.0, 0.0, 5.0] {
+            v.push(m("direct_xdp_pass", "select_simple", "tps", 940.0 + d));
+            v.push(m("direct_xdp_pass", "select_prepared", "tps", 960.0 + d));
+        }
+        v
+    }
+
+    /// The same as an older run recorded them: no direct through the XDP hooks.
+    fn rounds_without_floor(direct: f64, local: f64, prepared: f64) -> Vec<Value> {
         let mut v = Vec::new();
         for d in [-5.0, 0.0, 5.0] {
             v.push(m("direct", "select_simple", "tps", direct + d));
@@ -737,10 +922,28 @@ mod tests {
         assert_eq!(r["pgsvc_local_vs_haproxy_local"], json!(1.4));
         assert_eq!(r["pgsvc_remote_vs_haproxy_remote"], json!(1.333));
         assert_eq!(tps["rounds"]["pgsvc_local"], json!([975.0, 980.0, 985.0]));
+        // the floor: direct through the same XDP hooks, and pgsvc against it
+        assert_eq!(tps["direct_xdp_pass"], json!(940.0));
+        assert_eq!(r["direct_xdp_pass_vs_direct"], json!(0.94));
+        assert_eq!(r["pgsvc_local_vs_direct_xdp_pass"], json!(1.043));
         // prepared: the remote member is not measured there
         let prep = find_fig(&figs, "select_prepared.tps").expect("a prepared figure");
         assert_eq!(prep["ratios"]["pgsvc_local_vs_direct"], json!(0.99));
         assert_eq!(prep["ratios"]["pgsvc_remote_vs_direct"], Value::Null);
+        assert_eq!(prep["ratios"]["direct_xdp_pass_vs_direct"], json!(0.96));
+        assert_eq!(
+            prep["ratios"]["pgsvc_local_vs_direct_xdp_pass"],
+            json!(1.031)
+        );
+        // an older run without the floor: its ratios are null, the rest as before
+        let old = node_figures(&rounds_without_floor(1000.0, 980.0, 10.0));
+        let old_tps = find_fig(&old, "select_simple.tps").expect("a TPS figure");
+        assert_eq!(old_tps["direct_xdp_pass"], Value::Null);
+        assert_eq!(
+            old_tps["ratios"]["pgsvc_local_vs_direct_xdp_pass"],
+            Value::Null
+        );
+        assert_eq!(old_tps["ratios"]["pgsvc_local_vs_direct"], json!(0.98));
         // only the pgbench sections
         assert!(figs.iter().all(|f| {
             let k = f["key"].as_str().unwrap_or("");
@@ -759,9 +962,23 @@ mod tests {
         assert_eq!(prepared_low["select_simple"], json!(0.99));
         assert_eq!(prepared_low["select_prepared"], json!(0.96));
         assert_eq!(prepared_low["met"], json!(false));
+        // against the floor, information only: 990 / 940 simple, 960 / 960 prepared
+        let fl = &prepared_low["vs_floor"];
+        assert_eq!(fl["select_simple"], json!(1.053));
+        assert_eq!(fl["select_prepared"], json!(1.0));
+        assert_eq!(fl["floor_vs_direct_simple"], json!(0.94));
+        assert_eq!(fl["floor_vs_direct_prepared"], json!(0.96));
+        // the floor does not move the rule: above it, still not met against direct
+        let below = local_target(&node_figures(&rounds(1000.0, 950.0)));
+        assert!(below["vs_floor"]["select_simple"].as_f64() > Some(1.0));
+        assert_eq!(below["met"], json!(false));
         // exactly at the target is met
         assert_eq!(met(1000.0, 970.0)["met"], json!(true));
         assert_eq!(local_target(&node_figures(&[]))["met"], Value::Null);
+        assert_eq!(
+            local_target(&node_figures(&[]))["vs_floor"]["select_simple"],
+            Value::Null
+        );
     }
 
     #[test]
@@ -809,6 +1026,9 @@ mod tests {
         assert_eq!(by_key("haproxy_local").pg(), (NODES[0], PRIMARY_PORT));
         assert_eq!(by_key("pgsvc_remote").pg(), (NODES[1], PRIMARY_PORT));
         assert_eq!(by_key("haproxy_remote").pg(), (NODES[1], PRIMARY_PORT));
+        // the floor dials direct's address: the primary's pgbouncer
+        assert_eq!(by_key("direct_xdp_pass").pg(), (NODES[0], PGBOUNCER_PORT));
+        assert_eq!(by_key("direct_xdp_pass").lb, NodeLb::XdpPass);
         let kinds = |k: &str, prepared| -> Vec<&str> {
             by_key(k)
                 .kinds(prepared)
@@ -822,6 +1042,10 @@ mod tests {
         );
         assert_eq!(kinds("pgsvc_local", false), ["select_simple", "connect"]);
         assert_eq!(kinds("pgsvc_remote", true), ["select_simple"]);
+        assert_eq!(
+            kinds("direct_xdp_pass", true),
+            ["select_simple", "select_prepared", "connect"]
+        );
     }
 
     #[test]
@@ -837,18 +1061,28 @@ mod tests {
         };
         assert_eq!(
             names(Topology::Both),
-            ["direct", "haproxy", "pgsvc", "node_haproxy", "node_pgsvc"]
+            [
+                "direct",
+                "haproxy",
+                "pgsvc",
+                "node_haproxy",
+                "node_pgsvc",
+                "node_xdp_pass"
+            ]
         );
         assert_eq!(names(Topology::LbHost), ["direct", "haproxy", "pgsvc"]);
         assert_eq!(
             names(Topology::Node),
-            ["direct", "node_haproxy", "node_pgsvc"]
+            ["direct", "node_haproxy", "node_pgsvc", "node_xdp_pass"]
         );
     }
 
     /// A document as real_main writes it, with or without the node-resident part.
     fn doc(with_node: bool) -> Value {
-        let mut ms = rounds(1000.0, 980.0);
+        doc_from(rounds(1000.0, 980.0), with_node)
+    }
+
+    fn doc_from(mut ms: Vec<Value>, with_node: bool) -> Value {
         for d in [-5.0, 0.0, 5.0] {
             ms.push(m("haproxy", "select_simple", "tps", 690.0 + d));
             ms.push(m("pgsvc", "select_simple", "tps", 860.0 + d));
@@ -883,15 +1117,62 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("| select-only TPS (simple) |"))
             .expect("a TPS row");
-        // direct, HAProxy local, pgsvc local, ratios, HAProxy remote, pgsvc remote, ratios
+        // direct, the floor and its ratio, HAProxy local, pgsvc local, ratios (pgsvc local to direct
+        // and to the floor), HAProxy remote, pgsvc remote, ratios
         assert_eq!(
             row,
-            "| select-only TPS (simple) | tx/s | higher | 1000 | 700.0 | 980.0 | 0.70× | 0.98× | 1.40× | 600.0 | 800.0 | 0.60× | 0.80× |"
+            "| select-only TPS (simple) | tx/s | higher | 1000 | 940.0 | 0.94× | 700.0 | 980.0 | 0.70× | 0.98× | 1.04× | 1.40× | 600.0 | 800.0 | 0.60× | 0.80× |"
         );
+        let header = md
+            .lines()
+            .find(|l| l.starts_with("| figure | unit | better | direct |"))
+            .expect("a header");
+        assert!(header.starts_with(
+            "| figure | unit | better | direct | direct through the same XDP hooks (XDP_PASS only) | XDP hooks/direct |"
+        ));
+        // the rule is unchanged; the floor is beside it
         assert!(
             md.contains("— **met** (simple 0.98×, prepared 0.99×)"),
             "{md}"
         );
+        assert!(
+            md.contains("= simple 1.04×, prepared 1.03× × direct through the same XDP hooks; the floor itself = simple 0.94×, prepared 0.96× × direct"),
+            "{md}"
+        );
+        assert!(md.contains("floor of any XDP datapath on this veth"));
+        // a run without the floor (an older JSON): no floor columns, text or sentence; the row as before
+        let no_floor = crate::markdown(
+            &doc_from(rounds_without_floor(1000.0, 980.0, 10.0), true),
+            None,
+            "e2e.svg",
+            "e2e.json",
+        );
+        let row = no_floor
+            .lines()
+            .find(|l| l.starts_with("| select-only TPS (simple) |"))
+            .expect("a TPS row");
+        assert_eq!(
+            row,
+            "| select-only TPS (simple) | tx/s | higher | 1000 | 700.0 | 980.0 | 0.70× | 0.98× | 1.40× | 600.0 | 800.0 | 0.60× | 0.80× |"
+        );
+        assert!(!no_floor.contains("XDP_PASS"), "{no_floor}");
+        assert!(!no_floor.contains("Against the floor"), "{no_floor}");
+        assert!(no_floor.contains("*node HAProxy* and *node pgsvc* in a rotated order"));
+        assert!(md.contains("*node HAProxy*, *node pgsvc* and *node XDP pass* in a rotated order"));
+        // every table line has as many cells as its header
+        for text in [&md, &no_floor] {
+            let table: Vec<&str> = text
+                .lines()
+                .skip_while(|l| !l.starts_with("| figure | unit | better | direct |"))
+                .take_while(|l| l.starts_with('|'))
+                .collect();
+            assert!(table.len() > 3, "{text}");
+            let cells = table[0].matches('|').count();
+            assert!(
+                table.iter().all(|l| l.matches('|').count() == cells),
+                "{table:#?}"
+            );
+        }
         // an older JSON without the node-resident part renders as before
         let old = crate::markdown(&doc(false), None, "e2e.svg", "e2e.json");
         assert!(!old.contains("Node-resident"), "{old}");
@@ -899,7 +1180,7 @@ mod tests {
     }
 
     #[test]
-    fn the_svg_has_a_node_panel_with_four_bars_per_measured_row() {
+    fn the_svg_has_a_node_panel_with_five_bars_per_measured_row() {
         let with = crate::svg(&doc(true));
         let without = crate::svg(&doc(false));
         assert!(with.contains("Node-resident (Pigsty's default)"));
@@ -910,7 +1191,8 @@ mod tests {
             s.matches(&format!("height=\"{h}\" fill=\"{color}\""))
                 .count()
         };
-        // node panel: TPS simple has all four ratios, TPS prepared only pgsvc local
+        // node panel: TPS simple has all five ratios, TPS prepared the floor and pgsvc local
+        assert_eq!(bars(&with, "9.0", "#9a9a9a"), 2);
         assert_eq!(bars(&with, "9.0", "#2b6cb0"), 2);
         assert_eq!(bars(&with, "9.0", "#d9822b"), 1);
         assert_eq!(bars(&with, "9.0", "#8fb8e8"), 1);
@@ -922,5 +1204,11 @@ mod tests {
             assert_eq!(bars(s, "12.0", "#d9822b"), 1);
         }
         assert!(with.contains(">0.98×</text>") && with.contains(">0.80×</text>"));
+        assert!(with.contains(">0.94×</text>") && with.contains(">0.96×</text>"));
+        // an older run without the floor: no grey bar, the others as before
+        let old = crate::svg(&doc_from(rounds_without_floor(1000.0, 980.0, 10.0), true));
+        assert_eq!(bars(&old, "9.0", "#9a9a9a"), 0);
+        assert!(with.contains("XDP_PASS hooks") && !old.contains("XDP_PASS hooks"));
+        assert_eq!(bars(&old, "9.0", "#2b6cb0"), 2);
     }
 }
