@@ -61,6 +61,15 @@ const DB_USER: &str = "dbuser_test";
 const DB_PASS: &str = "DBUser.Test";
 const DB_NAME: &str = "test";
 const PRIMARY_PORT: u16 = 5433;
+/// The LB-host HAProxy listens on its service ports + this (25433, ...): pgsvc serves Pigsty's
+/// `ip: "*"` services on every address of the LB host while it runs, so HAProxy on the service ports
+/// themselves would be reached through pgsvc's XDP program whenever both run (the failover phase).
+const HAPROXY_PORT_OFFSET: u16 = 20000;
+
+/// Where the LB-host HAProxy listens for the service on `port`.
+const fn haproxy_port(port: u16) -> u16 {
+    port + HAPROXY_PORT_OFFSET
+}
 const PGBOUNCER_PORT: u16 = 6432;
 const IPERF_SVC_PORT: u16 = 5441;
 const IPERF_PORT: u16 = 5201;
@@ -428,7 +437,16 @@ fn haproxy_config(rendered: &str, sock: &Path, bind: Option<&str>) -> String {
         let trimmed = line.trim_start();
         if let (Some(rest), Some(addr)) = (trimmed.strip_prefix("bind *:"), bind) {
             let indent = &line[..line.len() - trimmed.len()];
-            let _ = writeln!(out, "{indent}bind {addr}:{rest}");
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let (port, tail) = rest.split_at(digits);
+            match port.parse::<u16>() {
+                Ok(p) => {
+                    let _ = writeln!(out, "{indent}bind {addr}:{}{tail}", haproxy_port(p));
+                }
+                Err(_) => {
+                    let _ = writeln!(out, "{indent}bind {addr}:{rest}");
+                }
+            }
             continue;
         }
         let _ = writeln!(out, "{line}");
@@ -452,7 +470,8 @@ impl Haproxy {
             self.sb
                 .cmd()
                 .args(["haproxy", "start", "--config"])
-                .arg(&self.config),
+                .arg(&self.config)
+                .args(["--port", &haproxy_port(PRIMARY_PORT).to_string()]),
             Duration::from_secs(30),
         )?;
         self.running = true;
@@ -872,7 +891,7 @@ impl Target {
     fn pg(self) -> (&'static str, u16) {
         match self {
             Target::Direct => (NODES[0], PGBOUNCER_PORT),
-            Target::Haproxy => (LB_ADDR, PRIMARY_PORT),
+            Target::Haproxy => (LB_ADDR, haproxy_port(PRIMARY_PORT)),
             Target::Pgsvc => (VIP, PRIMARY_PORT),
         }
     }
@@ -880,7 +899,7 @@ impl Target {
     fn iperf(self) -> (&'static str, u16) {
         match self {
             Target::Direct => (NODES[0], IPERF_PORT),
-            Target::Haproxy => (LB_ADDR, IPERF_SVC_PORT),
+            Target::Haproxy => (LB_ADDR, haproxy_port(IPERF_SVC_PORT)),
             Target::Pgsvc => (VIP, IPERF_SVC_PORT),
         }
     }
@@ -1377,7 +1396,14 @@ fn failover_event(
     let before = wait_converged(client, haproxy, pgsvc, Duration::from_secs(120))?;
     let run_id = format!("{kind}-{round_no}");
     let mut probes = vec![
-        start_probe(sb, work, "haproxy", LB_ADDR, PRIMARY_PORT, &run_id)?,
+        start_probe(
+            sb,
+            work,
+            "haproxy",
+            LB_ADDR,
+            haproxy_port(PRIMARY_PORT),
+            &run_id,
+        )?,
         start_probe(sb, work, "pgsvc", VIP, PRIMARY_PORT, &run_id)?,
         start_probe(
             sb,
@@ -1402,7 +1428,7 @@ fn failover_event(
         _ => run_ok(sb.cmd().arg("kill-primary"), Duration::from_secs(60))?,
     };
     let event = event_time(&out)?;
-    for (h, p) in [(LB_ADDR, PRIMARY_PORT), (VIP, PRIMARY_PORT)] {
+    for (h, p) in [(LB_ADDR, haproxy_port(PRIMARY_PORT)), (VIP, PRIMARY_PORT)] {
         wait_writes(sb, h, p, 150)?;
     }
     pause(Duration::from_secs(3))?;
@@ -1475,7 +1501,7 @@ fn failover_event(
         run_ok(sb.cmd().arg("revive"), Duration::from_secs(420))?;
     }
     // pgbouncer's server_login_retry can refuse clients for up to 15 s after a restart
-    for (h, p) in [(LB_ADDR, PRIMARY_PORT), (VIP, PRIMARY_PORT)] {
+    for (h, p) in [(LB_ADDR, haproxy_port(PRIMARY_PORT)), (VIP, PRIMARY_PORT)] {
         wait_writes(sb, h, p, 120)?;
     }
     Ok(rec)
@@ -2198,10 +2224,17 @@ fn markdown(doc: &Value, datapath: Option<&Value>, svg_rel: &str, json_rel: &str
         "- **Targets**: direct = the primary's pgbouncer {}:{}; HAProxy = {}:{} on the LB host's own address, \
          configured with what `pgsvc render haproxy` renders for the same inventory (Pigsty's config, same \
          timers: `inter 2s fastinter 1s downinter 2s rise 3 fall 3 on-marked-down shutdown-sessions`), binds \
-         changed from `*` to the LB address and a stats socket added; pgsvc = the VIP {}:{} (`pgsvc run \
-         --xdp-mode native`). The LB host address and the VIP are on the same interface and path, so the \
-         clients are identical.",
-        NODES[0], PGBOUNCER_PORT, LB_ADDR, PRIMARY_PORT, VIP, PRIMARY_PORT
+         changed from `*:PORT` to the LB address and PORT + {HAPROXY_PORT_OFFSET} (pgsvc serves Pigsty's \
+         `ip: \"*\"` services on every local address, so while both run — the failover phase — HAProxy on the \
+         service ports themselves would be reached through pgsvc) and a stats socket added; pgsvc = the VIP \
+         {}:{} (`pgsvc run --xdp-mode native`). The LB host address and the VIP are on the same interface and \
+         path, so the clients are identical.",
+        NODES[0],
+        PGBOUNCER_PORT,
+        LB_ADDR,
+        haproxy_port(PRIMARY_PORT),
+        VIP,
+        PRIMARY_PORT
     );
     let _ = writeln!(
         s,
@@ -3046,7 +3079,7 @@ fn real_main() -> Result<()> {
         },
         "setup": {
             "sandbox_id": sb.id,
-            "placement": format!("direct = {}:{} (pg-test-1's pgbouncer); haproxy = {LB_ADDR}:{PRIMARY_PORT} (LB host address); pgsvc = VIP {VIP}:{PRIMARY_PORT}", NODES[0], PGBOUNCER_PORT),
+            "placement": format!("direct = {}:{} (pg-test-1's pgbouncer); haproxy = {LB_ADDR}:{} (LB host address, service port + {HAPROXY_PORT_OFFSET}); pgsvc = VIP {VIP}:{PRIMARY_PORT}", NODES[0], PGBOUNCER_PORT, haproxy_port(PRIMARY_PORT)),
             "inventory": "sandbox/pigsty.yml + pg_services: [ ".to_string() + IPERF_SERVICE + " ]",
             "haproxy_config": haproxy_text,
             "pgsvc_command": pgsvc_command,

@@ -1009,9 +1009,11 @@ mod tests {
         // pgsandbox's rule: half of what the hard limit leaves after 200 descriptors
         let want = (hard.rlim_max.saturating_sub(200) / 2).min(65535);
         assert_eq!(global, want, "hard limit {}", hard.rlim_max);
-        // the LB host's config rewrites the binds
+        // the LB host's config rewrites the binds: its address, the service port + the offset
+        // (pgsvc serves the service ports themselves on every local address)
         let lb = haproxy_config(rendered, Path::new("/tmp/x.sock"), Some(LB_ADDR));
-        assert!(lb.contains(&format!("    bind {LB_ADDR}:5433\n")), "{lb}");
+        assert!(lb.contains(&format!("    bind {LB_ADDR}:25433\n")), "{lb}");
+        assert!(!lb.contains(":5433\n"), "{lb}");
     }
 
     #[test]
