@@ -382,22 +382,36 @@ fn a_failover_key_fences_the_holder_that_keeps_the_leader_key() {
     assert_eq!(session.echo(b"ping").expect("echo before"), b"ping");
 
     // `patronictl switchover`: Patroni's REST API writes the failover key; the leader keeps the
-    // leader key (and answers 200 on /primary) while its PostgreSQL shuts down.
+    // leader key (and answers 200 on /primary) while it demotes: first a CHECKPOINT, during which
+    // its PostgreSQL still takes writes (its REST API says `running`), then the shutdown.
     let asked = Instant::now();
     etcd.put(
         FAILOVER_KEY,
         r#"{"leader":"pg-test-1","member":"pg-test-2"}"#,
     )
     .expect("failover key");
+    rig.wait_for("the step-down request seen", Duration::from_secs(3), |r| {
+        r.status()["dcs"][0]["leader_leaving"]
+            .as_str()
+            .is_some_and(|w| w.contains("pg-test-2"))
+    });
+    // Through the checkpoint the holder keeps taking new connections (as a direct client's).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !stepping_down(&rig),
+        "fenced while its PostgreSQL still runs"
+    );
+    assert_eq!(set(&rig.land(5433, 4)), one("pg-test-1:6432"));
+    assert_eq!(
+        session.echo(b"ckpt").expect("echo in the checkpoint"),
+        b"ckpt"
+    );
+    // Patroni reports its PostgreSQL stopping: fenced now.
+    let stopping = Instant::now();
+    rig.set_patroni(0, "primary stopping");
     let took = rig.wait_for("pg-test-1 fenced", Duration::from_secs(3), stepping_down);
     let d = &rig.status()["dcs"][0];
     assert_eq!(d["leader"], "pg-test-1", "{d}");
-    assert!(
-        d["leader_leaving"]
-            .as_str()
-            .is_some_and(|w| w.contains("pg-test-2")),
-        "{d}"
-    );
     // From that moment no new connection reaches the holder, on either write port.
     for port in [5433, 5436] {
         let tries = try_land(&rig, port, 4);
@@ -412,7 +426,7 @@ fn a_failover_key_fences_the_holder_that_keeps_the_leader_key() {
         session.echo(b"pong").is_err(),
         "the stepping-down holder's session survived"
     );
-    // Its REST check never failed: the failover key alone did it.
+    // Its REST check never failed: the failover key and the holder's state did it.
     assert_eq!(
         rig.server_status("pg-test-primary", "pg-test-1")["state"],
         "UP"
@@ -422,12 +436,18 @@ fn a_failover_key_fences_the_holder_that_keeps_the_leader_key() {
         log.contains("steps down"),
         "no step-down line in the log:\n{log}"
     );
+    assert!(
+        log.contains("PostgreSQL stopping"),
+        "no line naming the holder's state in the log:\n{log}"
+    );
     eprintln!(
-        "dcs: holder fenced {took:?} after the failover key was written ({:?} in all)",
-        asked.elapsed()
+        "dcs: holder fenced {took:?} after its REST API said stopping ({:?} after the failover key, {:?} after the stopping state)",
+        asked.elapsed(),
+        stopping.elapsed()
     );
 
     // Patroni refuses the request and writes `{}`: the holder is back at once.
+    rig.set_patroni(0, "primary");
     etcd.put(FAILOVER_KEY, "{}")
         .expect("clean the failover key");
     rig.wait_for("pg-test-1 back", Duration::from_secs(3), |r| {
@@ -439,7 +459,9 @@ fn a_failover_key_fences_the_holder_that_keeps_the_leader_key() {
         serde_json::Value::Null
     );
 
-    // A scheduled switchover fences nothing before its time, and the holder from then on.
+    // A scheduled switchover fences nothing before its time, and the holder from then on (its
+    // REST API already says stopping: the step-down watch starts at the scheduled time).
+    rig.set_patroni(0, "primary stopping");
     let scheduled = Instant::now();
     etcd.put(
         FAILOVER_KEY,

@@ -8,7 +8,11 @@
 //! - while Patroni's `/failover` key asks the holder to step down (a switchover or failover under
 //!   way: its PostgreSQL is about to stop although it keeps the key until then), the holder is fenced
 //!   too — new connections get no server, its sessions are reset the same way — and when the request
-//!   goes away with the holder unchanged (Patroni refused it), it is back at once;
+//!   goes away with the holder unchanged (Patroni refused it), it is back at once. Patroni's graceful
+//!   demotion first runs a CHECKPOINT, during which the holder still takes writes as a direct client
+//!   sees it: when the agent can watch the holder's REST API ([`super::stepdown`]), the fence waits
+//!   for Patroni to report its PostgreSQL stopping (or for its API to stop answering), so the write
+//!   service stays up through the checkpoint;
 //! - read services keep HAProxy's semantics, and without a DCS view (`--dcs off`, etcd unreachable,
 //!   the key absent under Patroni's `failsafe_mode`) REST checks alone decide, as before.
 
@@ -40,14 +44,30 @@ pub(super) struct Tenure {
     pub checks_at_arrival: HashMap<CheckKey, u64>,
     /// The holder was not UP when the key arrived: its slowstart runs from the arrival.
     pub rose_under_key: bool,
-    /// The holder is asked to step down (why): fenced like the others.
+    /// The holder is asked to step down (why): fenced like the others, once `stopping` says its
+    /// PostgreSQL stops when the agent watches for that (`watched`).
     pub leaving: Option<String>,
+    /// The step-down is watched on the holder's REST API ([`super::stepdown`]): the holder stays in
+    /// until `stopping`.
+    pub watched: bool,
+    /// The holder's Patroni reports its PostgreSQL stopping, or its API stopped answering (why).
+    pub stopping: Option<String>,
 }
 
 impl Tenure {
     /// Whether `server` may take the write services' traffic under this tenure.
     fn admits(&self, server: &str) -> bool {
-        self.leaving.is_none() && self.holder.as_deref() == Some(server)
+        self.holder.as_deref() == Some(server) && !self.fenced_holder()
+    }
+
+    /// The holder steps down and no longer takes writes (or is not watched and may stop any time).
+    fn fenced_holder(&self) -> bool {
+        self.leaving.is_some() && (!self.watched || self.stopping.is_some())
+    }
+
+    /// The holder is asked to step down and is watched until its PostgreSQL stops.
+    fn watching(&self) -> bool {
+        self.leaving.is_some() && self.watched && self.stopping.is_none()
     }
 }
 
@@ -68,6 +88,20 @@ pub(super) struct ClusterDcs {
 #[derive(Debug, Default)]
 pub struct Fencing {
     pub(super) clusters: BTreeMap<String, ClusterDcs>,
+    /// The agent watches a stepping-down holder's REST API ([`super::stepdown`]); off, the holder
+    /// is fenced on the request itself.
+    pub(super) watch_stepdowns: bool,
+}
+
+/// A holder asked to step down whose REST API the agent watches until its PostgreSQL stops.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StepdownTarget {
+    pub cluster: String,
+    pub holder: String,
+    pub addr: std::net::Ipv4Addr,
+    /// Patroni's REST port and whether it speaks TLS.
+    pub port: u16,
+    pub tls: bool,
 }
 
 impl<D: Datapath, C: Checks> Reconciler<D, C> {
@@ -108,12 +142,9 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
             if t.leaving == leaving {
                 return;
             }
+            let watched = self.fence.watch_stepdowns;
             match &leaving {
-                Some(why) => warn!(
-                    cluster,
-                    reason = why.as_str(),
-                    "the leader steps down: fenced"
-                ),
+                Some(why) => log_stepdown(cluster, why, watched),
                 None => info!(
                     cluster,
                     leader = holder.as_deref().unwrap_or("(none)"),
@@ -121,6 +152,8 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
                 ),
             }
             t.leaving = leaving;
+            t.watched = watched;
+            t.stopping = None;
             self.refence(cluster, now);
             return;
         }
@@ -155,20 +188,75 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         );
         let c = self.fence.clusters.entry(cluster.to_owned()).or_default();
         c.fallback_reason = None;
+        let watched = self.fence.watch_stepdowns;
         if let Some(why) = &leaving {
-            warn!(
-                cluster,
-                reason = why.as_str(),
-                "the leader steps down: fenced"
-            );
+            log_stepdown(cluster, why, watched);
         }
+        let c = self.fence.clusters.entry(cluster.to_owned()).or_default();
         c.tenure = Some(Tenure {
             rose_under_key: holder.is_some() && !was_up,
             holder,
             since: now,
             checks_at_arrival,
             leaving,
+            watched,
+            stopping: None,
         });
+        self.refence(cluster, now);
+    }
+
+    /// Whether a holder asked to step down stays in until its REST API says its PostgreSQL stops
+    /// (the agent then runs the watches [`Self::stepdown_targets`] lists).
+    pub fn set_watch_stepdowns(&mut self, on: bool) {
+        self.fence.watch_stepdowns = on;
+    }
+
+    /// The holders asked to step down that are still in and watched (see [`super::stepdown`]).
+    #[must_use]
+    pub fn stepdown_targets(&self) -> Vec<StepdownTarget> {
+        let mut out = Vec::new();
+        for (cluster, c) in &self.fence.clusters {
+            let Some(t) = c.tenure.as_ref().filter(|t| t.watching()) else {
+                continue;
+            };
+            let Some(holder) = t.holder.as_deref() else {
+                continue;
+            };
+            let srv = self
+                .write_services(cluster)
+                .flat_map(|s| s.servers.iter())
+                .find(|v| v.name == holder);
+            if let Some(v) = srv {
+                out.push(StepdownTarget {
+                    cluster: cluster.clone(),
+                    holder: holder.to_owned(),
+                    addr: v.addr,
+                    port: v.check_port,
+                    tls: v.check_tls,
+                });
+            }
+        }
+        out
+    }
+
+    /// The stepping-down `holder` of `cluster` stops taking writes (`why`): fenced now.
+    pub fn on_stepdown_stopping(&mut self, cluster: &str, holder: &str, why: &str, now: Instant) {
+        let Some(t) = self
+            .fence
+            .clusters
+            .get_mut(cluster)
+            .and_then(|c| c.tenure.as_mut())
+            .filter(|t| t.watching() && t.holder.as_deref() == Some(holder))
+        else {
+            return;
+        };
+        t.stopping = Some(why.to_owned());
+        warn!(
+            cluster,
+            leader = holder,
+            reason = why,
+            "the leader steps down and its PostgreSQL stops: fenced"
+        );
         self.refence(cluster, now);
     }
 
@@ -382,5 +470,17 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         }
         self.update_hurry(now);
         self.publish(now);
+    }
+}
+
+fn log_stepdown(cluster: &str, why: &str, watched: bool) {
+    if watched {
+        info!(
+            cluster,
+            reason = why,
+            "the leader is asked to step down: it takes writes until its PostgreSQL stops (watching its REST API)"
+        );
+    } else {
+        warn!(cluster, reason = why, "the leader steps down: fenced");
     }
 }

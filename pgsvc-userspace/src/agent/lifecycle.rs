@@ -4,7 +4,10 @@
 //! `--keep`, leave everything serving for the next agent). The only part of the agent that holds
 //! kernel-only objects and tokio tasks.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -14,10 +17,13 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    AgentOptions, bpffs, host, listeners, netlink,
+    AgentOptions, bpffs,
+    fence::StepdownTarget,
+    host, listeners, netlink,
     project::unix_now,
     reconcile::{Identity, Reconciler, Settings, flatten},
     state_file::StateFile,
+    stepdown,
     vip::{self, VipOwner},
 };
 use crate::{
@@ -156,14 +162,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         None => false,
     };
 
-    let (mut monitor, events) = HealthMonitor::new(TlsSettings {
+    let check_tls = TlsSettings {
         // `--ca-file` wins; with HAProxy files, the `ca-file` their `check-ssl` servers name.
         ca_file: opts
             .ca_file
             .clone()
             .or_else(|| opts.source.haproxy_ca_file()),
         verify_hostname: false,
-    });
+    };
+    let (mut monitor, events) = HealthMonitor::new(check_tls.clone());
     monitor.set_burst(opts.check_burst.map(|interval| Burst { interval }));
     let identity = Identity {
         started_unix: unix_now(),
@@ -215,6 +222,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         reloads: reload_rx,
         states: state_rx,
         dcs: dcs_rx,
+        check_tls,
     };
     let result = main_loop(&mut agent, &opts, inputs, &mut vip_owners).await;
     for w in &watches {
@@ -248,6 +256,52 @@ struct Inputs {
     reloads: mpsc::Receiver<ReloadRequest>,
     states: mpsc::Receiver<ServerStateRequest>,
     dcs: mpsc::UnboundedReceiver<DcsUpdate>,
+    /// For reading a stepping-down leader's state on its REST API.
+    check_tls: TlsSettings,
+}
+
+/// The step-down watches running (see [`stepdown`]), by the holder they watch.
+struct Stepdowns {
+    tls: TlsSettings,
+    running: HashMap<StepdownTarget, tokio::task::JoinHandle<()>>,
+    tx: mpsc::UnboundedSender<stepdown::Stopping>,
+}
+
+impl Stepdowns {
+    /// Runs exactly the watches the reconciler asks for; a watch that cannot start fences its
+    /// holder at once.
+    fn sync(&mut self, agent: &mut Agent) {
+        let wanted = agent.stepdown_targets();
+        self.running.retain(|t, h| {
+            let keep = wanted.contains(t) && !h.is_finished();
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for t in wanted {
+            if self.running.contains_key(&t) {
+                continue;
+            }
+            match stepdown::spawn(t.clone(), &self.tls, self.tx.clone()) {
+                Ok(h) => {
+                    self.running.insert(t, h);
+                }
+                Err(e) => {
+                    let why = format!("its REST API cannot be watched: {}", error_chain(&e));
+                    agent.on_stepdown_stopping(&t.cluster, &t.holder, &why, Instant::now());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Stepdowns {
+    fn drop(&mut self) {
+        for h in self.running.values() {
+            h.abort();
+        }
+    }
 }
 
 /// Feeds the reconciler (and the VIP owners) their inputs until SIGINT or SIGTERM.
@@ -262,7 +316,15 @@ async fn main_loop(
         mut reloads,
         mut states,
         mut dcs,
+        check_tls,
     } = inputs;
+    let (stop_tx, mut stops) = mpsc::unbounded_channel();
+    let mut stepdowns = Stepdowns {
+        tls: check_tls,
+        running: HashMap::new(),
+        tx: stop_tx,
+    };
+    agent.set_watch_stepdowns(true);
     if let Some(scope) = host::local_scope(&opts.iface) {
         agent.on_local_scope(&scope);
     }
@@ -317,6 +379,11 @@ async fn main_loop(
                     }
                 }
                 agent.on_dcs(&u, Instant::now());
+                stepdowns.sync(agent);
+            }
+            Some(s) = stops.recv() => {
+                agent.on_stepdown_stopping(&s.target.cluster, &s.target.holder, &s.why, Instant::now());
+                stepdowns.sync(agent);
             }
             _ = fence_poll.tick(), if agent.fence_awaiting() => agent.on_fence_poll(Instant::now()),
             _ = settle.tick(), if !agent.is_ready() => agent.rebalance_all(Instant::now()),
@@ -337,6 +404,7 @@ async fn main_loop(
                 let r = agent.reload(reread(), Instant::now());
                 let _ = req.reply.send(r);
                 notified_ready = false;
+                stepdowns.sync(agent);
             }
             Some(req) = states.recv() => agent.on_server_state(req, Instant::now()),
             _ = sighup.recv() => {

@@ -31,6 +31,7 @@ pub mod reload;
 pub mod resets;
 pub mod server_state;
 pub mod state_file;
+pub mod stepdown;
 #[cfg(test)]
 mod tests;
 pub mod vip;

@@ -279,6 +279,39 @@ impl Prober {
     }
 }
 
+impl Prober {
+    /// `GET` of the URL: the status and the body (at most 64 KiB), within the timeout. For reading
+    /// Patroni's state (`/patroni`), not for checks (those are HAProxy's `OPTIONS`, status only).
+    ///
+    /// # Errors
+    /// The request failed or timed out, or the body is larger than 64 KiB.
+    pub async fn get(&self) -> Result<(u16, Vec<u8>), CheckFailure> {
+        let fetch = async {
+            let response = self
+                .client
+                .get(&self.url)
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            let status = response.status().as_u16();
+            if response
+                .content_length()
+                .is_some_and(|len| len > MAX_DRAINED_BODY)
+            {
+                return Err(CheckFailure::L7Status { code: status });
+            }
+            let body = response.bytes().await.map_err(|e| classify(&e))?;
+            if body.len() as u64 > MAX_DRAINED_BODY {
+                return Err(CheckFailure::L7Status { code: status });
+            }
+            Ok((status, body.to_vec()))
+        };
+        tokio::time::timeout(self.timeout, fetch)
+            .await
+            .unwrap_or(Err(CheckFailure::L7Timeout))
+    }
+}
+
 /// Reads a short, length-delimited body so the keep-alive connection goes back to the pool. The
 /// verdict is already taken: errors and timeouts here only cost the connection.
 async fn drain_small_body(response: reqwest::Response, budget: Duration) {

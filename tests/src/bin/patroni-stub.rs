@@ -8,8 +8,9 @@
 //! (a replica; Pigsty renders `noloadbalance: false`, so it serves `/replica`) or `down` (Patroni up,
 //! PostgreSQL not running) — optionally followed by a misbehaviour: `hang` (read the request, never
 //! answer), `503` (answer 503 to everything), `garbage` (bytes that are not HTTP), `close` (close
-//! without answering) or `redirect` (302 to `/health`). It is re-read on every request, so a test flips
-//! the role by rewriting it. A missing or unreadable file answers like `down` and says so on stderr.
+//! without answering), `redirect` (302 to `/health`) or `stopping` (answers as usual, `GET` reports
+//! PostgreSQL `stopping`: a leader shutting down after its demotion checkpoint). It is re-read on every
+//! request, so a test flips the role by rewriting it. A missing or unreadable file answers like `down` and says so on stderr.
 //!
 //! Responses follow Patroni: `HTTP/1.0 <code> <msg>\r\n\r\n` for OPTIONS and HEAD, the same status
 //! with a JSON body for GET, and the connection closed after each answer. Exits 0 on SIGTERM/SIGINT.
@@ -94,6 +95,9 @@ enum Mode {
     Garbage,
     Close,
     Redirect,
+    /// Answers as usual, but `GET` reports PostgreSQL `stopping` (Patroni shutting it down while the
+    /// leader key is still held: a demotion after its checkpoint).
+    Stopping,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,7 @@ fn parse_state(text: &str) -> Result<StubState, String> {
             "garbage" => mode = Mode::Garbage,
             "close" => mode = Mode::Close,
             "redirect" => mode = Mode::Redirect,
+            "stopping" => mode = Mode::Stopping,
             other => return Err(format!("unknown word {other:?} in the state file")),
         }
     }
@@ -163,6 +168,10 @@ fn route(get: bool, path: &str, role: Role) -> u16 {
     let path = if path == "/" { "/primary" } else { path };
     let ok = |cond: bool| if cond { 200 } else { 503 };
     let primary = role == Role::Primary;
+    if path == "/patroni" {
+        // The status document itself: always 200 for GET.
+        return ok(get);
+    }
     if path.contains("liveness") {
         // GET-only in Patroni; OPTIONS falls through to the generic handler (503).
         return ok(get);
@@ -211,9 +220,14 @@ fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-fn status_json(role: Role, args: &Args) -> String {
+fn status_json(role: Role, stopping: bool, args: &Args) -> String {
+    let state = match (role.running(), stopping) {
+        (true, false) => "running",
+        (true, true) => "stopping",
+        (false, _) => "stopped",
+    };
     let body = serde_json::json!({
-        "state": if role.running() { "running" } else { "stopped" },
+        "state": state,
         "role": role.patroni_role(),
         "server_version": 170_000,
         "timeline": 1,
@@ -240,14 +254,14 @@ fn answer(method: &str, path: &str, state: StubState, args: &Args) -> Option<Vec
             return Some(b"HTTP/1.0 302 Found\r\nLocation: /health\r\n\r\n".to_vec());
         }
         Mode::Status503 => 503,
-        Mode::Normal if matches!(method, "GET" | "OPTIONS" | "HEAD") => {
+        Mode::Normal | Mode::Stopping if matches!(method, "GET" | "OPTIONS" | "HEAD") => {
             route(get, path, state.role)
         }
-        Mode::Normal => 501,
+        Mode::Normal | Mode::Stopping => 501,
     };
     let mut out = format!("HTTP/1.0 {code} {}\r\n", reason_phrase(code));
     if get {
-        let body = status_json(state.role, args);
+        let body = status_json(state.role, state.mode == Mode::Stopping, args);
         out.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()

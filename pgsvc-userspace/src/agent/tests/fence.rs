@@ -404,6 +404,85 @@ fn after_stepping_down_the_key_moves_and_the_new_holder_rises_on_one_check() {
     assert_eq!(h.status().dcs[0].leader_leaving, None);
 }
 
+#[test]
+fn a_watched_holder_takes_writes_through_its_checkpoint_and_is_fenced_when_it_stops() {
+    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
+    h.ready();
+    h.rec.set_watch_stepdowns(true);
+    leader(&mut h, Some("pg-test-1"), 1.0);
+    h.dp().open(PRIMARY, "pg-test-1", 4);
+    assert!(h.rec.stepdown_targets().is_empty(), "nothing to watch yet");
+
+    // The request: the holder stays in (its PostgreSQL still takes writes) and is watched on its
+    // REST API.
+    key(&mut h, "pg-test-1", Some("switchover to pg-test-2"), 2.0);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+    assert!(!fenced(&h, PRIMARY, "pg-test-1"));
+    assert_eq!(h.rec.dp.conns(PRIMARY, "pg-test-1"), 4, "no reset yet");
+    let targets = h.rec.stepdown_targets();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    let srv = h
+        .service(PRIMARY)
+        .servers
+        .iter()
+        .find(|v| v.name == "pg-test-1")
+        .cloned()
+        .expect("pg-test-1");
+    assert_eq!(
+        (
+            targets[0].cluster.as_str(),
+            targets[0].holder.as_str(),
+            targets[0].addr,
+            targets[0].port,
+            targets[0].tls
+        ),
+        (
+            "pg-test",
+            "pg-test-1",
+            srv.addr,
+            srv.check_port,
+            srv.check_tls
+        )
+    );
+    assert_eq!(
+        h.status().dcs[0].leader_leaving.as_deref(),
+        Some("switchover to pg-test-2")
+    );
+
+    // A report for another holder or cluster changes nothing.
+    let t = h.at(2.2);
+    h.rec
+        .on_stepdown_stopping("pg-test", "pg-test-2", "stopping", t);
+    h.rec
+        .on_stepdown_stopping("pg-other", "pg-test-1", "stopping", t);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+
+    // Patroni reports its PostgreSQL stopping: fenced and reset, not watched any more.
+    let t = h.at(2.5);
+    h.rec.on_stepdown_stopping(
+        "pg-test",
+        "pg-test-1",
+        "Patroni reports its PostgreSQL stopping",
+        t,
+    );
+    assert!(active(&h.last_write(PRIMARY)).is_empty());
+    assert!(fenced(&h, PRIMARY, "pg-test-1"));
+    assert!(h.rec.dp.flushed(PRIMARY).contains(&"pg-test-1".to_owned()));
+    assert_eq!(h.rec.dp.conns(PRIMARY, "pg-test-1"), 0);
+    assert!(h.rec.stepdown_targets().is_empty());
+
+    // Refused after all: back at once; a new request is watched anew.
+    key(&mut h, "pg-test-1", None, 3.0);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+    key(&mut h, "pg-test-1", Some("failover to pg-test-3"), 4.0);
+    assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
+    assert_eq!(h.rec.stepdown_targets().len(), 1);
+    // The key moves before any report: the new tenure has nothing to watch.
+    leader(&mut h, Some("pg-test-2"), 5.0);
+    assert!(h.rec.stepdown_targets().is_empty());
+    assert!(fenced(&h, PRIMARY, "pg-test-1"));
+}
+
 impl Harness {
     fn update_dcs(&mut self, view: LeaderView, leaving: Option<&str>, now: Instant) {
         self.rec.on_dcs(
