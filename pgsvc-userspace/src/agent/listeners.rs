@@ -3,14 +3,23 @@
 //! TCP listeners of its network namespace and refuses when one sits on a service port at an address
 //! the service covers — naming the port and the process — unless `--takeover` is given.
 //!
-//! The listeners come from `/proc/net/tcp` and `/proc/net/tcp6` (the kernel's socket table of the
-//! process's namespace, the same data sock_diag gives, without a netlink dependency); the owning
-//! process from the `socket:[inode]` links under `/proc/*/fd`. A bind probe was not used: it cannot
+//! The listeners come from a netlink sock_diag dump of the TCP sockets in state LISTEN, IPv4 and
+//! IPv6 (the kernel's socket tables of the agent's namespace, through the agent's sock_diag client
+//! [`SockDiag`]), with each socket's inode; the owning process from the `socket:[inode]` links
+//! under `/proc/*/fd` (netlink has no socket → process map). A bind probe was not used: it cannot
 //! see a listener bound with SO_REUSEPORT, nor name its owner.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
 
-use crate::plan::{BindAddr, ServicePlan};
+use tracing::warn;
+
+use crate::{
+    datapath::sockets::{SockDiag, TcpListening},
+    plan::{BindAddr, ServicePlan},
+};
 
 /// A TCP socket in LISTEN state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,47 +58,30 @@ impl fmt::Display for Conflict {
     }
 }
 
-/// Parses `/proc/net/tcp` or `/proc/net/tcp6` text into its listeners.
-pub fn parse_proc_net_tcp(text: &str) -> Vec<Listener> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" {
-                return None;
-            }
-            let (addr_hex, port_hex) = f[1].split_once(':')?;
-            let port = u16::from_str_radix(port_hex, 16).ok()?;
-            let inode = f[9].parse().ok()?;
-            let addr = match addr_hex.len() {
-                // The kernel prints the address as a native-endian u32 (little-endian here).
-                8 => u32::from_str_radix(addr_hex, 16).ok()?.swap_bytes(),
-                32 => ipv4_of_v6(addr_hex)?,
-                _ => return None,
-            };
+/// Where an IPv4 client can reach a listener bound at `addr`: `Some(None)` for every address
+/// (`0.0.0.0`, `::`, `::ffff:0.0.0.0`), `Some(Some(v4))` for an IPv4 or IPv4-mapped address, `None`
+/// for any other IPv6 address (no IPv4 client reaches it).
+pub fn ipv4_reach(addr: IpAddr) -> Option<Option<Ipv4Addr>> {
+    let v4 = match addr {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) if a.is_unspecified() => Ipv4Addr::UNSPECIFIED,
+        IpAddr::V6(a) => a.to_ipv4_mapped()?,
+    };
+    Some((!v4.is_unspecified()).then_some(v4))
+}
+
+/// The listeners an IPv4 client can reach among sock_diag's answers.
+pub fn reachable(sockets: &[TcpListening]) -> Vec<Listener> {
+    sockets
+        .iter()
+        .filter_map(|s| {
             Some(Listener {
-                addr: (addr != 0).then(|| Ipv4Addr::from(addr)),
-                port,
-                inode,
+                addr: ipv4_reach(s.addr)?,
+                port: s.port,
+                inode: u64::from(s.inode),
             })
         })
         .collect()
-}
-
-/// An IPv6 address as `/proc/net/tcp6` prints it (four native-endian u32 words): `Some(0)` for
-/// `::`, `Some(v4)` for `::ffff:v4`, `None` for any other address (no IPv4 client reaches it).
-fn ipv4_of_v6(hex: &str) -> Option<u32> {
-    let mut words = [0u32; 4];
-    for (i, w) in words.iter_mut().enumerate() {
-        *w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
-            .ok()?
-            .swap_bytes();
-    }
-    match words {
-        [0, 0, 0, 0] => Some(0),
-        [0, 0, 0xffff, v4] => Some(v4),
-        _ => None,
-    }
 }
 
 /// Where a service listens: (name, address, port).
@@ -125,13 +117,24 @@ pub fn conflicts(services: &[Bound], listeners: &[Listener]) -> Vec<Conflict> {
     out
 }
 
-/// This namespace's TCP listeners (IPv4 and IPv6 tables).
+/// This namespace's TCP listeners (IPv4 and IPv6 sockets). A family that cannot be listed is
+/// logged and skipped: the check then sees less, as it would without the netlink socket.
 pub fn listeners() -> Vec<Listener> {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|t| parse_proc_net_tcp(&t))
-        .collect()
+    let mut diag = match SockDiag::open() {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot list the TCP listeners (sock_diag): port conflicts go unchecked");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for ipv6 in [false, true] {
+        match diag.tcp_listeners(ipv6) {
+            Ok(s) => out.extend(reachable(&s)),
+            Err(e) => warn!(ipv6, error = %e, "cannot list the TCP listeners (sock_diag)"),
+        }
+    }
+    out
 }
 
 /// `name[pid]` of a process holding socket `inode`.
@@ -160,40 +163,76 @@ fn owner(inode: u64) -> Option<String> {
 mod tests {
     use super::*;
 
-    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:1539 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0000000000000000 100 0 0 10 0
-   1: 0300A8C0:153A 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1002 1 0000000000000000 100 0 0 10 0
-   2: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0000000000000000 20 4 30 10 -1
-";
-    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:153E 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2001 1 0000000000000000 100 0 0 10 0
-   1: 0000000000000000FFFF00000300A8C0:153F 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2002 1 0000000000000000 100 0 0 10 0
-   2: 000080FE00000000FF00000001000000:1540 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2003 1 0000000000000000 100 0 0 10 0
-";
-
     #[test]
-    fn listeners_are_read_from_both_tables() {
-        let v4 = parse_proc_net_tcp(TCP);
+    fn addresses_map_to_what_an_ipv4_client_reaches() {
+        let vip = Ipv4Addr::new(192, 168, 0, 3);
+        let v6 = |s: &str| IpAddr::V6(s.parse().expect("an IPv6 address"));
+        assert_eq!(ipv4_reach(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), Some(None));
+        assert_eq!(ipv4_reach(IpAddr::V4(vip)), Some(Some(vip)));
+        assert_eq!(ipv4_reach(v6("::")), Some(None));
+        assert_eq!(ipv4_reach(v6("::ffff:192.168.0.3")), Some(Some(vip)));
+        assert_eq!(ipv4_reach(v6("::ffff:0.0.0.0")), Some(None));
+        assert_eq!(ipv4_reach(v6("fe80::1")), None);
+        assert_eq!(ipv4_reach(v6("::1")), None);
+        let socks = [
+            TcpListening {
+                addr: v6("fe80::1"),
+                port: 5440,
+                inode: 3,
+            },
+            TcpListening {
+                addr: v6("::ffff:192.168.0.3"),
+                port: 5439,
+                inode: 4,
+            },
+        ];
         assert_eq!(
-            v4,
-            vec![
-                Listener {
-                    addr: None,
-                    port: 5433,
-                    inode: 1001
-                },
-                Listener {
-                    addr: Some(Ipv4Addr::new(192, 168, 0, 3)),
-                    port: 5434,
-                    inode: 1002
-                },
-            ]
+            reachable(&socks),
+            vec![Listener {
+                addr: Some(vip),
+                port: 5439,
+                inode: 4
+            }]
         );
-        let v6 = parse_proc_net_tcp(TCP6);
-        assert_eq!(
-            v6.iter().map(|l| (l.addr, l.port)).collect::<Vec<_>>(),
-            vec![(None, 5438), (Some(Ipv4Addr::new(192, 168, 0, 3)), 5439)]
+    }
+
+    /// Needs no privilege (a sock_diag dump lists every socket of the namespace). The listeners of
+    /// this test process are found in both families, with inodes that name this process.
+    #[test]
+    fn this_process_listeners_are_found_with_their_owner() {
+        let me = format!("[{}]", std::process::id());
+        let l4 = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("an IPv4 listener");
+        let p4 = l4.local_addr().expect("its address").port();
+        let found = listeners();
+        let l = found
+            .iter()
+            .find(|l| l.port == p4)
+            .expect("the IPv4 listener is listed");
+        assert_eq!(l.addr, Some(Ipv4Addr::LOCALHOST));
+        assert!(
+            owner(l.inode).is_some_and(|o| o.ends_with(&me)),
+            "owner of {l:?}"
         );
+        // IPv6 may be off where the tests run; then only the IPv4 table is checked.
+        let Ok(l6) = std::net::TcpListener::bind("[::]:0") else {
+            eprintln!("skip: no IPv6 listener possible here");
+            return;
+        };
+        let p6 = l6.local_addr().expect("its address").port();
+        let l1 = std::net::TcpListener::bind("[::1]:0").expect("an IPv6 loopback listener");
+        let p1 = l1.local_addr().expect("its address").port();
+        let found = listeners();
+        let l = found
+            .iter()
+            .find(|l| l.port == p6)
+            .expect("the IPv6 wildcard listener is listed");
+        assert_eq!(l.addr, None);
+        assert!(
+            owner(l.inode).is_some_and(|o| o.ends_with(&me)),
+            "owner of {l:?}"
+        );
+        // ::1 is not reachable over IPv4.
+        assert!(!found.iter().any(|l| l.port == p1));
     }
 
     fn service(name: &str, ip: BindAddr, port: u16) -> Bound {

@@ -10,6 +10,7 @@ pub mod neigh;
 #[cfg(feature = "test-hooks")]
 pub mod pass;
 pub mod ring;
+pub mod rtnl;
 pub mod sockets;
 pub mod xdp;
 

@@ -10,7 +10,8 @@
 //!   sends the RST itself with the right sequence numbers (a local member's RST leaves through
 //!   the TC egress program, which gives it the service address the client dialled). The messages
 //!   are built and parsed with `netlink-packet-sock-diag`, which knows both `SOCK_DIAG_BY_FAMILY`
-//!   dumps and `SOCK_DESTROY`.
+//!   dumps and `SOCK_DESTROY`. The same socket lists the namespace's TCP listeners (a dump in
+//!   state LISTEN) for the agent's port-conflict check.
 
 use std::{
     io,
@@ -24,8 +25,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     SockDiagDestroy, SockDiagMessage,
-    constants::{AF_INET, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -128,6 +129,16 @@ pub struct TcpSock {
     pub cookie: u64,
 }
 
+/// A TCP socket in LISTEN state as sock_diag reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpListening {
+    /// The bound address (`0.0.0.0`, `::`, or an IPv4-mapped IPv6 address included).
+    pub addr: IpAddr,
+    pub port: u16,
+    /// The socket's inode (`socket:[inode]` under `/proc/<pid>/fd`).
+    pub inode: u32,
+}
+
 /// A netlink sock_diag socket of the agent's network namespace.
 pub struct SockDiag {
     socket: Socket,
@@ -168,12 +179,18 @@ impl SockDiag {
         Ok(Self { socket, seq: 0 })
     }
 
-    fn request(&mut self, flags: u16, destroy: bool, id: SocketId) -> io::Result<()> {
+    fn request(
+        &mut self,
+        flags: u16,
+        destroy: bool,
+        (family, states): (u8, StateFlags),
+        id: SocketId,
+    ) -> io::Result<()> {
         let inner = SockDiagMessage::InetRequest(InetRequest {
-            family: AF_INET,
+            family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
+            states,
             socket_id: id,
         });
         self.seq = self.seq.wrapping_add(1);
@@ -197,15 +214,20 @@ impl SockDiag {
         Ok(())
     }
 
-    /// Every IPv4 TCP socket of this namespace (all states).
-    ///
-    /// # Errors
-    /// Netlink failures, or an answer that does not parse.
-    pub fn tcp4_sockets(&mut self) -> io::Result<Vec<TcpSock>> {
-        let mut id = SocketId::new_v4();
+    /// Dumps the TCP sockets of `family` in `states`, handing each answer to `each`.
+    fn dump(
+        &mut self,
+        family: u8,
+        states: StateFlags,
+        mut each: impl FnMut(&InetResponseHeader),
+    ) -> io::Result<()> {
+        let mut id = if family == AF_INET6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        };
         id.cookie = NO_COOKIE;
-        self.request(NLM_F_DUMP, false, id)?;
-        let mut out = Vec::new();
+        self.request(NLM_F_DUMP, false, (family, states), id)?;
         loop {
             let (buf, _) = self.socket.recv_from_full()?;
             let mut off = 0;
@@ -214,18 +236,10 @@ impl SockDiag {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = msg.header.length as usize;
                 match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                        let s = &r.header.socket_id;
-                        out.push(TcpSock {
-                            local: SocketAddrV4::new(v4(s.source_address), s.source_port),
-                            remote: SocketAddrV4::new(
-                                v4(s.destination_address),
-                                s.destination_port,
-                            ),
-                            cookie: cookie_of(s.cookie),
-                        });
+                        each(&r.header);
                     }
                     _ => {}
                 }
@@ -235,6 +249,41 @@ impl SockDiag {
                 off += (len + 3) & !3;
             }
         }
+    }
+
+    /// Every IPv4 TCP socket of this namespace (all states).
+    ///
+    /// # Errors
+    /// Netlink failures, or an answer that does not parse.
+    pub fn tcp4_sockets(&mut self) -> io::Result<Vec<TcpSock>> {
+        let mut out = Vec::new();
+        self.dump(AF_INET, StateFlags::all(), |h| {
+            let s = &h.socket_id;
+            out.push(TcpSock {
+                local: SocketAddrV4::new(v4(s.source_address), s.source_port),
+                remote: SocketAddrV4::new(v4(s.destination_address), s.destination_port),
+                cookie: cookie_of(s.cookie),
+            });
+        })?;
+        Ok(out)
+    }
+
+    /// The TCP sockets of this namespace in LISTEN state, of one address family (`ipv6`: the
+    /// AF_INET6 sockets, whose addresses may be IPv4-mapped).
+    ///
+    /// # Errors
+    /// Netlink failures, or an answer that does not parse.
+    pub fn tcp_listeners(&mut self, ipv6: bool) -> io::Result<Vec<TcpListening>> {
+        let mut out = Vec::new();
+        let family = if ipv6 { AF_INET6 } else { AF_INET };
+        self.dump(family, StateFlags::LISTEN, |h| {
+            out.push(TcpListening {
+                addr: h.socket_id.source_address,
+                port: h.socket_id.source_port,
+                inode: h.inode,
+            });
+        })?;
+        Ok(out)
     }
 
     /// Aborts the TCP socket `local` ↔ `remote` (and, when given, only the one with that cookie):
@@ -258,7 +307,7 @@ impl SockDiag {
             interface_id: 0,
             cookie: cookie.map_or(NO_COOKIE, cookie_bytes),
         };
-        self.request(NLM_F_ACK, true, id)?;
+        self.request(NLM_F_ACK, true, (AF_INET, StateFlags::all()), id)?;
         let (buf, _) = self.socket.recv_from_full()?;
         let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
