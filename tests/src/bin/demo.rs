@@ -443,8 +443,9 @@ fn switchover_round(
         ),
     );
     println!(
-        "      pgsvc                {} fenced on Patroni's step-down request (its failover key) {}s after the command",
+        "      pgsvc                {} asked to step down (its failover key) {}s after the command, fenced when its postgres stopped {}s after it",
         f.old.name,
+        fmt_s(first_after("asked to step down".to_owned()), f.event_t),
         fmt_s(first_after("the leader steps down".to_owned()), f.event_t)
     );
     if resumed.is_none() {
