@@ -4,10 +4,7 @@
 //! `--keep`, leave everything serving for the next agent). The only part of the agent that holds
 //! kernel-only objects and tokio tasks.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -17,9 +14,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    AgentOptions, bpffs,
-    fence::StepdownTarget,
-    host, listeners, netlink,
+    AgentOptions, bpffs, host, listeners, netlink,
     project::unix_now,
     reconcile::{Identity, Reconciler, Settings, flatten},
     state_file::StateFile,
@@ -260,50 +255,6 @@ struct Inputs {
     check_tls: TlsSettings,
 }
 
-/// The step-down watches running (see [`stepdown`]), by the holder they watch.
-struct Stepdowns {
-    tls: TlsSettings,
-    running: HashMap<StepdownTarget, tokio::task::JoinHandle<()>>,
-    tx: mpsc::UnboundedSender<stepdown::Stopping>,
-}
-
-impl Stepdowns {
-    /// Runs exactly the watches the reconciler asks for; a watch that cannot start fences its
-    /// holder at once.
-    fn sync(&mut self, agent: &mut Agent) {
-        let wanted = agent.stepdown_targets();
-        self.running.retain(|t, h| {
-            let keep = wanted.contains(t) && !h.is_finished();
-            if !keep {
-                h.abort();
-            }
-            keep
-        });
-        for t in wanted {
-            if self.running.contains_key(&t) {
-                continue;
-            }
-            match stepdown::spawn(t.clone(), &self.tls, self.tx.clone()) {
-                Ok(h) => {
-                    self.running.insert(t, h);
-                }
-                Err(e) => {
-                    let why = format!("its REST API cannot be watched: {}", error_chain(&e));
-                    agent.on_stepdown_stopping(&t.cluster, &t.holder, &why, Instant::now());
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Stepdowns {
-    fn drop(&mut self) {
-        for h in self.running.values() {
-            h.abort();
-        }
-    }
-}
-
 /// Feeds the reconciler (and the VIP owners) their inputs until SIGINT or SIGTERM.
 async fn main_loop(
     agent: &mut Agent,
@@ -319,11 +270,7 @@ async fn main_loop(
         check_tls,
     } = inputs;
     let (stop_tx, mut stops) = mpsc::unbounded_channel();
-    let mut stepdowns = Stepdowns {
-        tls: check_tls,
-        running: HashMap::new(),
-        tx: stop_tx,
-    };
+    let mut stepdowns = stepdown::Watches::new(check_tls, stop_tx);
     agent.set_watch_stepdowns(true);
     if let Some(scope) = host::local_scope(&opts.iface) {
         agent.on_local_scope(&scope);
@@ -493,7 +440,7 @@ fn refuse_taken_ports(services: &[crate::plan::ServicePlan], takeover: bool) -> 
 }
 
 /// `error: cause: cause` in one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -10,13 +10,19 @@
 //! Without this watch the holder would be fenced on the request itself, and writes that its
 //! PostgreSQL would still have taken during the checkpoint would be refused.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::debug;
 
-use super::fence::StepdownTarget;
-use crate::health::{Prober, TlsSettings};
+use super::{checks::Checks, fence::StepdownTarget, lifecycle::error_chain, reconcile::Reconciler};
+use crate::{
+    datapath::Datapath,
+    health::{Prober, TlsSettings},
+};
 
 /// How often the holder's state is asked for.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -84,6 +90,60 @@ pub fn spawn(
             );
         }
     }))
+}
+
+/// The step-down watches running, by the holder they watch.
+pub struct Watches {
+    tls: TlsSettings,
+    running: HashMap<StepdownTarget, JoinHandle<()>>,
+    tx: mpsc::UnboundedSender<Stopping>,
+}
+
+impl Watches {
+    /// Watches whose reports go to `tx`, reading TLS members with `tls`.
+    #[must_use]
+    pub fn new(tls: TlsSettings, tx: mpsc::UnboundedSender<Stopping>) -> Self {
+        Self {
+            tls,
+            running: HashMap::new(),
+            tx,
+        }
+    }
+
+    /// Runs exactly the watches the reconciler asks for; a watch that cannot start fences its
+    /// holder at once.
+    pub fn sync<D: Datapath, C: Checks>(&mut self, agent: &mut Reconciler<D, C>) {
+        let wanted = agent.stepdown_targets();
+        self.running.retain(|t, h| {
+            let keep = wanted.contains(t) && !h.is_finished();
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for t in wanted {
+            if self.running.contains_key(&t) {
+                continue;
+            }
+            match spawn(t.clone(), &self.tls, self.tx.clone()) {
+                Ok(h) => {
+                    self.running.insert(t, h);
+                }
+                Err(e) => {
+                    let why = format!("its REST API cannot be watched: {}", error_chain(&e));
+                    agent.on_stepdown_stopping(&t.cluster, &t.holder, &why, Instant::now());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for h in self.running.values() {
+            h.abort();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -528,12 +528,28 @@ mod tests {
         let get = String::from_utf8(answer("GET", "/patroni", st, &a).unwrap_or_default())
             .unwrap_or_default();
         let (head, body) = get.split_once("\r\n\r\n").unwrap_or_default();
-        assert!(head.starts_with("HTTP/1.0 503 "), "{head}");
+        // Patroni's status document: 200 whatever the role.
+        assert!(head.starts_with("HTTP/1.0 200 "), "{head}");
         let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
         assert_eq!(json["role"], "primary");
         assert_eq!(json["state"], "running");
         assert_eq!(json["patroni"]["name"], "pg-test-1");
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        // A leader shutting down after its demotion checkpoint: still 200 on /primary (it holds the
+        // key), `stopping` in its status.
+        let stopping = StubState {
+            role: Role::Primary,
+            mode: Mode::Stopping,
+        };
+        assert_eq!(
+            answer("OPTIONS", "/primary", stopping, &a),
+            Some(b"HTTP/1.0 200 OK\r\n\r\n".to_vec())
+        );
+        let get = String::from_utf8(answer("GET", "/patroni", stopping, &a).unwrap_or_default())
+            .unwrap_or_default();
+        let (_, body) = get.split_once("\r\n\r\n").unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(json["state"], "stopping");
     }
 
     /// A state file in the system temp dir, removed on drop.
