@@ -443,7 +443,7 @@ fn switchover_round(
         ),
     );
     println!(
-        "      pgsvc                {} asked to step down (its failover key) {}s after the command, fenced when its postgres stopped {}s after it",
+        "      pgsvc                {} asked to step down (its failover key) {}s after the command, fenced when its postgres stopped {}s after the command",
         f.old.name,
         fmt_s(first_after("asked to step down".to_owned()), f.event_t),
         fmt_s(first_after("the leader steps down".to_owned()), f.event_t)
