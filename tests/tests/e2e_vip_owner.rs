@@ -249,7 +249,29 @@ fn e2e_vip_owner_follows_the_leader_key_over_switchovers() {
     // Correctness, not speed: the address did follow the key, not a later poll or a restart.
     assert!(
         sorted[sorted.len() - 1] < 5.0,
-        "the VIP reached a new leader {:.3}s after the key moved",
-        sorted[sorted.len() - 1]
+        "the VIP reached a new leader {:.3}s after the key moved; the agents' DCS and VIP lines:\n{}",
+        sorted[sorted.len() - 1],
+        dcs_lines(&agents)
     );
+}
+
+/// The lines of each agent's log about the DCS and the VIP (what explains a late VIP).
+fn dcs_lines(agents: &[Pgsvc]) -> String {
+    agents
+        .iter()
+        .zip(MEMBERS)
+        .map(|(a, m)| {
+            let lines: Vec<String> = a
+                .log_text()
+                .lines()
+                .filter(|l| {
+                    ["leader key", "VIP", "etcd", "DCS", "step down", "watch"]
+                        .iter()
+                        .any(|k| l.contains(k))
+                })
+                .map(str::to_owned)
+                .collect();
+            format!("--- pgsvc on {}:\n{}\n", m.name, lines.join("\n"))
+        })
+        .collect()
 }
