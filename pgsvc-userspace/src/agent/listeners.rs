@@ -165,12 +165,12 @@ mod tests {
 
     #[test]
     fn addresses_map_to_what_an_ipv4_client_reaches() {
-        let vip = Ipv4Addr::new(192, 168, 0, 3);
+        let vip = Ipv4Addr::new(198, 18, 0, 3);
         let v6 = |s: &str| IpAddr::V6(s.parse().expect("an IPv6 address"));
         assert_eq!(ipv4_reach(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), Some(None));
         assert_eq!(ipv4_reach(IpAddr::V4(vip)), Some(Some(vip)));
         assert_eq!(ipv4_reach(v6("::")), Some(None));
-        assert_eq!(ipv4_reach(v6("::ffff:192.168.0.3")), Some(Some(vip)));
+        assert_eq!(ipv4_reach(v6("::ffff:198.18.0.3")), Some(Some(vip)));
         assert_eq!(ipv4_reach(v6("::ffff:0.0.0.0")), Some(None));
         assert_eq!(ipv4_reach(v6("fe80::1")), None);
         assert_eq!(ipv4_reach(v6("::1")), None);
@@ -181,7 +181,7 @@ mod tests {
                 inode: 3,
             },
             TcpListening {
-                addr: v6("::ffff:192.168.0.3"),
+                addr: v6("::ffff:198.18.0.3"),
                 port: 5439,
                 inode: 4,
             },
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_listener_conflicts_where_the_service_listens() {
-        let vip = Ipv4Addr::new(192, 168, 0, 3);
+        let vip = Ipv4Addr::new(198, 18, 0, 3);
         let other = Ipv4Addr::new(192, 168, 0, 4);
         let l = |addr, port| Listener {
             addr,
