@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn a_listener_conflicts_where_the_service_listens() {
         let vip = Ipv4Addr::new(198, 18, 0, 3);
-        let other = Ipv4Addr::new(192, 168, 0, 4);
+        let other = Ipv4Addr::new(198, 18, 0, 4);
         let l = |addr, port| Listener {
             addr,
             port,
