@@ -110,23 +110,23 @@ fn key_moved_at(agents: &[Pgsvc], holder: &str, t0: f64) -> Option<f64> {
         .reduce(f64::min)
 }
 
-/// The first sample at or after `t0` in which only `m` holds the VIP.
-fn held_alone_at(samples: &[Sample], m: usize, t0: f64) -> Option<f64> {
-    let mut state: Option<[bool; 3]> = None;
-    for (t, h) in samples {
-        if *t < t0 {
-            state = Some(*h);
-            continue;
-        }
-        state = Some(*h);
-        if h.iter().enumerate().all(|(i, held)| *held == (i == m)) {
-            return Some(*t);
-        }
+/// When `m` alone held the VIP, looking from `t0` up to `until`: `t0` itself when it already did
+/// at `t0` (the agent of `m` adds the VIP on the same watch event it then logs, so a sample can
+/// catch the VIP a few milliseconds before the log line that marks `t0`), else the first sample
+/// after `t0` in which only `m` holds it. `None` when that did not happen before `until`.
+fn held_alone_at(samples: &[Sample], m: usize, t0: f64, until: f64) -> Option<f64> {
+    let alone = |h: &[bool; 3]| h.iter().enumerate().all(|(i, held)| *held == (i == m));
+    // The holder set in effect at t0: the last change at or before it.
+    let at_t0 = samples.iter().take_while(|(t, _)| *t <= t0).last();
+    if at_t0.is_some_and(|(_, h)| alone(h)) {
+        return Some(t0);
     }
-    // Held since before t0 and unchanged.
-    state
-        .filter(|h| h.iter().enumerate().all(|(i, held)| *held == (i == m)))
-        .map(|_| t0)
+    samples
+        .iter()
+        .skip_while(|(t, _)| *t <= t0)
+        .take_while(|(t, _)| *t < until)
+        .find(|(_, h)| alone(h))
+        .map(|(t, _)| *t)
 }
 
 fn index_of(m: Member) -> usize {
@@ -226,10 +226,14 @@ fn e2e_vip_owner_follows_the_leader_key_over_switchovers() {
                 logs(&agents)
             )
         });
-        let held = held_alone_at(&samples, index_of(to_m), moved).unwrap_or_else(|| {
+        // Before the next switchover began (or the end of sampling).
+        let until = events.get(n + 1).map_or(f64::INFINITY, |e| e.2);
+        let held = held_alone_at(&samples, index_of(to_m), moved, until).unwrap_or_else(|| {
             panic!(
-                "switchover {}: the VIP never reached {to} alone after the key moved from {from}",
-                n + 1
+                "switchover {}: the VIP did not reach {to} alone after the key moved from {from} \
+                 (before the next switchover); the agents' DCS and VIP lines:\n{}",
+                n + 1,
+                dcs_lines(&agents)
             )
         });
         delays.push(held - moved);
@@ -274,4 +278,27 @@ fn dcs_lines(agents: &[Pgsvc]) -> String {
             format!("--- pgsvc on {}:\n{}\n", m.name, lines.join("\n"))
         })
         .collect()
+}
+
+/// The delay measure itself (no sandbox): a VIP sampled on the new leader a moment before the
+/// key-moved log line counts from that line (delay 0), not from the next time it arrives there.
+#[test]
+fn the_vip_delay_counts_a_vip_that_arrived_just_before_the_logged_key_move() {
+    let samples: Vec<Sample> = vec![
+        (0.0, [true, false, false]),
+        (0.99, [false, false, false]),
+        (0.995, [false, true, false]),
+        (8.0, [false, false, false]),
+        (8.01, [true, false, false]),
+        (16.0, [false, false, false]),
+        (16.01, [false, true, false]),
+    ];
+    // Logged at 1.0, the VIP already alone on member 1: held at 1.0.
+    assert_eq!(held_alone_at(&samples, 1, 1.0, 7.5), Some(1.0));
+    // Logged at 0.98, before it arrived: the first sample with member 1 alone.
+    assert_eq!(held_alone_at(&samples, 1, 0.98, 7.5), Some(0.995));
+    // Never alone on member 2 before the next switchover.
+    assert_eq!(held_alone_at(&samples, 2, 1.0, 7.5), None);
+    // Member 0 gets it back in the next switchover, not before its own start.
+    assert_eq!(held_alone_at(&samples, 0, 7.9, 15.0), Some(8.01));
 }
