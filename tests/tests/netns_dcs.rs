@@ -490,3 +490,62 @@ fn a_failover_key_fences_the_holder_that_keeps_the_leader_key() {
     });
     eprintln!("dcs: a switchover scheduled 2–3 s ahead fenced the holder after {at:?}");
 }
+
+#[test]
+fn a_new_holder_takes_writes_only_once_its_promotion_is_complete() {
+    if !can_run("a_new_holder_takes_writes_only_once_its_promotion_is_complete") {
+        return;
+    }
+    let (rig, etcd) = rig_with_etcd(SLOW, &["--check-burst", "0"]);
+    assert_eq!(set(&rig.land(5433, 4)), one("pg-test-1:6432"));
+    // A switchover: pg-test-2 takes the key. Patroni answers 200 on /primary from that moment, but
+    // its PostgreSQL is still in recovery (GET /patroni: role replica) — a write there is refused.
+    rig.set_patroni(0, "replica");
+    rig.set_patroni(1, "primary promoting");
+    let checks_before = rig.server_status("pg-test-primary", "pg-test-2")["checks_total"]
+        .as_u64()
+        .unwrap_or(0);
+    etcd.put(LEADER_KEY, "pg-test-2").expect("move the key");
+    // Its /primary check passes after the key moved (it would be in on rise 1 without the wait).
+    rig.wait_for(
+        "a passing /primary check of pg-test-2 after the key moved",
+        Duration::from_secs(5),
+        |r| {
+            let s = r.server_status("pg-test-primary", "pg-test-2");
+            s["checks_total"].as_u64().unwrap_or(0) > checks_before
+                && s["last_check"]["passed"] == true
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let s = rig.server_status("pg-test-primary", "pg-test-2");
+    assert_eq!(
+        s["active"],
+        false,
+        "the new holder took writes before its promotion completed: {s}\n{}",
+        rig.log_text()
+    );
+    for port in [5433, 5436] {
+        let tries = try_land(&rig, port, 3);
+        assert!(
+            tries.iter().all(Result::is_err),
+            "a new connection to {port} landed while no member is writable: {tries:?}"
+        );
+    }
+    // The promotion completes: in at once.
+    let promoted = Instant::now();
+    rig.set_patroni(1, "primary");
+    let took = rig.wait_for("pg-test-2 active", Duration::from_secs(3), |r| {
+        r.server_status("pg-test-primary", "pg-test-2")["active"] == true
+    });
+    assert_eq!(set(&rig.land(5433, 4)), one("pg-test-2:6432"));
+    assert_eq!(set(&rig.land(5436, 2)), one("pg-test-2:5432"));
+    let log = rig.log_text();
+    assert!(
+        log.contains("is promoted (out of recovery)"),
+        "no promotion line in the log:\n{log}"
+    );
+    eprintln!(
+        "dcs: new holder active {took:?} after its REST API reported the promotion ({:?} measured here)",
+        promoted.elapsed()
+    );
+}

@@ -52,6 +52,8 @@ pub(super) struct Tenure {
     pub watched: bool,
     /// The holder's Patroni reports its PostgreSQL stopping, or its API stopped answering (why).
     pub stopping: Option<String>,
+    /// A new holder whose promotion is not yet confirmed ([`super::promotion`]): kept out.
+    pub promoting: bool,
 }
 
 impl Tenure {
@@ -66,7 +68,7 @@ impl Tenure {
     }
 
     /// The holder is asked to step down and is watched until its PostgreSQL stops.
-    fn watching(&self) -> bool {
+    pub(super) fn watching(&self) -> bool {
         self.leaving.is_some() && self.watched && self.stopping.is_none()
     }
 }
@@ -91,6 +93,8 @@ pub struct Fencing {
     /// The agent watches a stepping-down holder's REST API ([`super::stepdown`]); off, the holder
     /// is fenced on the request itself.
     pub(super) watch_stepdowns: bool,
+    /// A new holder waits for its promotion ([`super::promotion`]); off, its check alone decides.
+    pub(super) watch_promotions: bool,
 }
 
 /// A holder asked to step down whose REST API the agent watches until its PostgreSQL stops.
@@ -192,15 +196,18 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         if let Some(why) = &leaving {
             log_stepdown(cluster, why, watched);
         }
+        let rose_under_key = holder.is_some() && !was_up;
+        let promoting = self.fence.watch_promotions && rose_under_key;
         let c = self.fence.clusters.entry(cluster.to_owned()).or_default();
         c.tenure = Some(Tenure {
-            rose_under_key: holder.is_some() && !was_up,
+            rose_under_key,
             holder,
             since: now,
             checks_at_arrival,
             leaving,
             watched,
             stopping: None,
+            promoting,
         });
         self.refence(cluster, now);
     }
@@ -214,9 +221,14 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
     /// The holders asked to step down that are still in and watched (see [`super::stepdown`]).
     #[must_use]
     pub fn stepdown_targets(&self) -> Vec<StepdownTarget> {
+        self.fence_targets(Tenure::watching)
+    }
+
+    /// The REST API of each cluster's key holder whose tenure `pick` selects.
+    pub(super) fn fence_targets(&self, pick: impl Fn(&Tenure) -> bool) -> Vec<StepdownTarget> {
         let mut out = Vec::new();
         for (cluster, c) in &self.fence.clusters {
-            let Some(t) = c.tenure.as_ref().filter(|t| t.watching()) else {
+            let Some(t) = c.tenure.as_ref().filter(|t| pick(t)) else {
                 continue;
             };
             let Some(holder) = t.holder.as_deref() else {
@@ -328,7 +340,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
         let Some(t) = self.tenure_for(svc) else {
             return base;
         };
-        if !t.admits(&srv.name) {
+        if !t.admits(&srv.name) || t.promoting {
             return ServerStatus::Down;
         }
         match base {
@@ -420,7 +432,7 @@ impl<D: Datapath, C: Checks> Reconciler<D, C> {
 
     /// Re-balances `cluster`'s write services after its view changed: logs and counts the servers
     /// the key took out, and checks the holder now.
-    fn refence(&mut self, cluster: &str, now: Instant) {
+    pub(super) fn refence(&mut self, cluster: &str, now: Instant) {
         let services: Vec<ServicePlan> = self.write_services(cluster).cloned().collect();
         let tenure = self
             .fence

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::{
     AgentOptions, bpffs, host, listeners, netlink,
     project::unix_now,
+    promotion,
     reconcile::{Identity, Reconciler, Settings, flatten},
     state_file::StateFile,
     stepdown,
@@ -270,8 +271,11 @@ async fn main_loop(
         check_tls,
     } = inputs;
     let (stop_tx, mut stops) = mpsc::unbounded_channel();
+    let (promoted_tx, mut promoted) = mpsc::unbounded_channel();
+    let mut promotions = promotion::Promotions::new(check_tls.clone(), promoted_tx);
     let mut stepdowns = stepdown::Watches::new(check_tls, stop_tx);
     agent.set_watch_stepdowns(true);
+    agent.set_watch_promotions(true);
     if let Some(scope) = host::local_scope(&opts.iface) {
         agent.on_local_scope(&scope);
     }
@@ -327,6 +331,11 @@ async fn main_loop(
                 }
                 agent.on_dcs(&u, Instant::now());
                 stepdowns.sync(agent);
+                promotions.sync(agent);
+            }
+            Some(r) = promoted.recv() => {
+                agent.on_promoted(&r.target.cluster, &r.target.holder, r.unreadable.as_deref(), Instant::now());
+                promotions.sync(agent);
             }
             Some(s) = stops.recv() => {
                 agent.on_stepdown_stopping(&s.target.cluster, &s.target.holder, &s.why, Instant::now());
@@ -352,6 +361,7 @@ async fn main_loop(
                 let _ = req.reply.send(r);
                 notified_ready = false;
                 stepdowns.sync(agent);
+                promotions.sync(agent);
             }
             Some(req) = states.recv() => agent.on_server_state(req, Instant::now()),
             _ = sighup.recv() => {

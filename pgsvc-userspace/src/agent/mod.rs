@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod listeners;
 pub mod netlink;
 pub mod project;
+pub mod promotion;
 pub mod reconcile;
 pub mod reload;
 pub mod resets;

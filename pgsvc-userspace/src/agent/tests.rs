@@ -1125,6 +1125,8 @@ fn the_status_keeps_session_peaks_rates_and_backend_outages() {
 
 #[path = "tests/fence.rs"]
 mod fence;
+#[path = "tests/promotion.rs"]
+mod promotion;
 #[path = "tests/resets.rs"]
 mod resets;
 mod server_state;

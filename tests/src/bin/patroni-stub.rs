@@ -9,7 +9,9 @@
 //! PostgreSQL not running) — optionally followed by a misbehaviour: `hang` (read the request, never
 //! answer), `503` (answer 503 to everything), `garbage` (bytes that are not HTTP), `close` (close
 //! without answering), `redirect` (302 to `/health`) or `stopping` (answers as usual, `GET` reports
-//! PostgreSQL `stopping`: a leader shutting down after its demotion checkpoint). It is re-read on every
+//! PostgreSQL `stopping`: a leader shutting down after its demotion checkpoint) or `promoting` (answers
+//! as usual, `GET` reports role `replica`: a new leader that holds the key, so `/primary` answers 200,
+//! while its PostgreSQL is still in recovery). It is re-read on every
 //! request, so a test flips the role by rewriting it. A missing or unreadable file answers like `down` and says so on stderr.
 //!
 //! Responses follow Patroni: `HTTP/1.0 <code> <msg>\r\n\r\n` for OPTIONS and HEAD, the same status
@@ -98,6 +100,9 @@ enum Mode {
     /// Answers as usual, but `GET` reports PostgreSQL `stopping` (Patroni shutting it down while the
     /// leader key is still held: a demotion after its checkpoint).
     Stopping,
+    /// Answers as usual, but `GET` reports role `replica` (`pg_is_in_recovery()`): a new leader that
+    /// holds the key while its promotion is not complete.
+    Promoting,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +127,7 @@ fn parse_state(text: &str) -> Result<StubState, String> {
             "close" => mode = Mode::Close,
             "redirect" => mode = Mode::Redirect,
             "stopping" => mode = Mode::Stopping,
+            "promoting" => mode = Mode::Promoting,
             other => return Err(format!("unknown word {other:?} in the state file")),
         }
     }
@@ -220,15 +226,15 @@ fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-fn status_json(role: Role, stopping: bool, args: &Args) -> String {
-    let state = match (role.running(), stopping) {
+fn status_json(role: Role, mode: Mode, args: &Args) -> String {
+    let state = match (role.running(), mode == Mode::Stopping) {
         (true, false) => "running",
         (true, true) => "stopping",
         (false, _) => "stopped",
     };
     let body = serde_json::json!({
         "state": state,
-        "role": role.patroni_role(),
+        "role": if mode == Mode::Promoting { "replica" } else { role.patroni_role() },
         "server_version": 170_000,
         "timeline": 1,
         "xlog": if role == Role::Primary {
@@ -254,14 +260,16 @@ fn answer(method: &str, path: &str, state: StubState, args: &Args) -> Option<Vec
             return Some(b"HTTP/1.0 302 Found\r\nLocation: /health\r\n\r\n".to_vec());
         }
         Mode::Status503 => 503,
-        Mode::Normal | Mode::Stopping if matches!(method, "GET" | "OPTIONS" | "HEAD") => {
+        Mode::Normal | Mode::Stopping | Mode::Promoting
+            if matches!(method, "GET" | "OPTIONS" | "HEAD") =>
+        {
             route(get, path, state.role)
         }
-        Mode::Normal | Mode::Stopping => 501,
+        Mode::Normal | Mode::Stopping | Mode::Promoting => 501,
     };
     let mut out = format!("HTTP/1.0 {code} {}\r\n", reason_phrase(code));
     if get {
-        let body = status_json(state.role, state.mode == Mode::Stopping, args);
+        let body = status_json(state.role, state.mode, args);
         out.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -550,6 +558,25 @@ mod tests {
         let (_, body) = get.split_once("\r\n\r\n").unwrap_or_default();
         let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
         assert_eq!(json["state"], "stopping");
+        // A new leader whose promotion is under way: 200 on /primary (it holds the key), role
+        // `replica` in its status (still in recovery).
+        let promoting = StubState {
+            role: Role::Primary,
+            mode: Mode::Promoting,
+        };
+        assert_eq!(parse_state("primary promoting"), Ok(promoting));
+        assert_eq!(
+            answer("OPTIONS", "/primary", promoting, &a),
+            Some(b"HTTP/1.0 200 OK\r\n\r\n".to_vec())
+        );
+        let get = String::from_utf8(answer("GET", "/patroni", promoting, &a).unwrap_or_default())
+            .unwrap_or_default();
+        let (_, body) = get.split_once("\r\n\r\n").unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(
+            (&json["role"], &json["state"]),
+            (&"replica".into(), &"running".into())
+        );
     }
 
     /// A state file in the system temp dir, removed on drop.

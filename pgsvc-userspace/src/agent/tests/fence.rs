@@ -7,15 +7,20 @@ use crate::{
     health::CheckFailure,
 };
 
-const DEFAULT: &str = "pg-test-default";
+pub(super) const DEFAULT: &str = "pg-test-default";
 
-fn leader(h: &mut Harness, holder: Option<&str>, at: f64) {
+pub(super) fn leader(h: &mut Harness, holder: Option<&str>, at: f64) {
     let t = h.at(at);
     h.rec.on_leader("pg-test", holder.map(str::to_owned), t);
 }
 
 /// A server whose latest check result is `passed`, after `checks` checks in all.
-fn result(state: HealthState, passed: bool, checks: u64, since: Instant) -> ServerHealth {
+pub(super) fn result(
+    state: HealthState,
+    passed: bool,
+    checks: u64,
+    since: Instant,
+) -> ServerHealth {
     let mut s = snapshot(state, Some(since), false);
     s.checks_total = checks;
     s.health = match state {
@@ -33,7 +38,7 @@ fn result(state: HealthState, passed: bool, checks: u64, since: Instant) -> Serv
     s
 }
 
-fn set_all(h: &mut Harness, server: &str, health: &ServerHealth) {
+pub(super) fn set_all(h: &mut Harness, server: &str, health: &ServerHealth) {
     for svc in [PRIMARY, REPLICA, DEFAULT, OFFLINE] {
         let has = h.service(svc).servers.iter().any(|s| s.name == server);
         if has {
