@@ -272,8 +272,8 @@ async fn main_loop(
     } = inputs;
     let (stop_tx, mut stops) = mpsc::unbounded_channel();
     let (promoted_tx, mut promoted) = mpsc::unbounded_channel();
-    let mut promotions = promotion::Promotions::new(check_tls.clone(), promoted_tx);
-    let mut stepdowns = stepdown::Watches::new(check_tls, stop_tx);
+    let mut promotions = stepdown::Watches::new(check_tls.clone(), promoted_tx, promotion::spawn);
+    let mut stepdowns = stepdown::Watches::new(check_tls, stop_tx, stepdown::spawn);
     agent.set_watch_stepdowns(true);
     agent.set_watch_promotions(true);
     if let Some(scope) = host::local_scope(&opts.iface) {
@@ -330,16 +330,15 @@ async fn main_loop(
                     }
                 }
                 agent.on_dcs(&u, Instant::now());
-                stepdowns.sync(agent);
-                promotions.sync(agent);
+                stepdown::sync_all(agent, &mut stepdowns, &mut promotions);
             }
             Some(r) = promoted.recv() => {
                 agent.on_promoted(&r.target.cluster, &r.target.holder, r.unreadable.as_deref(), Instant::now());
-                promotions.sync(agent);
+                stepdown::sync_all(agent, &mut stepdowns, &mut promotions);
             }
             Some(s) = stops.recv() => {
                 agent.on_stepdown_stopping(&s.target.cluster, &s.target.holder, &s.why, Instant::now());
-                stepdowns.sync(agent);
+                stepdown::sync_all(agent, &mut stepdowns, &mut promotions);
             }
             _ = fence_poll.tick(), if agent.fence_awaiting() => agent.on_fence_poll(Instant::now()),
             _ = settle.tick(), if !agent.is_ready() => agent.rebalance_all(Instant::now()),
@@ -360,8 +359,7 @@ async fn main_loop(
                 let r = agent.reload(reread(), Instant::now());
                 let _ = req.reply.send(r);
                 notified_ready = false;
-                stepdowns.sync(agent);
-                promotions.sync(agent);
+                stepdown::sync_all(agent, &mut stepdowns, &mut promotions);
             }
             Some(req) = states.recv() => agent.on_server_state(req, Instant::now()),
             _ = sighup.recv() => {

@@ -11,20 +11,18 @@
 //! and `state: running` (polled every [`POLL`]); until then a new connection gets a RST (no server)
 //! and the client's retry lands on a writable primary.
 //!
+//! A standby cluster's leader (`role: standby_leader`, in recovery by design) is admitted as it is.
 //! An answer that cannot tell (not 200, not JSON, no role) ends the wait with a warning: the
 //! write check alone decides, as without this watch. An API that does not answer keeps the wait:
 //! the write check asks the same API and fails too.
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::{checks::Checks, fence::StepdownTarget, lifecycle::error_chain, reconcile::Reconciler};
-use crate::{
-    datapath::Datapath,
-    health::{Prober, TlsSettings},
-};
+use super::{checks::Checks, fence::StepdownTarget, reconcile::Reconciler};
+use crate::{datapath::Datapath, health::TlsSettings};
 
 /// How often a promoting holder's role is asked for.
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -55,7 +53,8 @@ pub fn verdict(status: u16, body: &[u8]) -> Verdict {
     let state = v.get("state").and_then(serde_json::Value::as_str);
     match (role, state) {
         (None, _) => Verdict::Unreadable("GET /patroni reports no role".to_owned()),
-        (Some("primary" | "master"), Some("running")) => Verdict::Promoted,
+        // A standby cluster's leader stays in recovery by design: its role says it leads.
+        (Some("primary" | "master" | "standby_leader"), Some("running")) => Verdict::Promoted,
         _ => Verdict::Promoting,
     }
 }
@@ -68,6 +67,7 @@ pub struct Report {
 }
 
 /// Starts watching `target`'s promotion; the task ends after reporting once (or when aborted).
+/// An answer that says nothing (still promoting, or no answer) is asked again.
 ///
 /// # Errors
 /// The prober cannot be built (an unreadable CA file).
@@ -76,80 +76,17 @@ pub fn spawn(
     tls: &TlsSettings,
     tx: mpsc::UnboundedSender<Report>,
 ) -> Result<JoinHandle<()>, crate::health::ProbeError> {
-    let prober = Prober::new(
-        target.addr,
-        target.port,
-        "/patroni",
-        target.tls.then_some(tls),
-        TIMEOUT,
-    )?;
-    Ok(tokio::spawn(async move {
-        let mut every = tokio::time::interval(POLL);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            let unreadable = match prober.get().await.map(|(s, b)| verdict(s, &b)) {
-                Ok(Verdict::Promoted) => None,
-                Ok(Verdict::Unreadable(why)) => Some(why),
-                Ok(Verdict::Promoting) | Err(_) => continue,
-            };
-            let _ = tx.send(Report { target, unreadable });
-            return;
-        }
-    }))
-}
-
-/// The promotion watches running, by the holder they watch.
-pub struct Promotions {
-    tls: TlsSettings,
-    running: HashMap<StepdownTarget, JoinHandle<()>>,
-    tx: mpsc::UnboundedSender<Report>,
-}
-
-impl Promotions {
-    #[must_use]
-    pub fn new(tls: TlsSettings, tx: mpsc::UnboundedSender<Report>) -> Self {
-        Self {
-            tls,
-            running: HashMap::new(),
-            tx,
-        }
-    }
-
-    /// Runs exactly the watches the reconciler asks for; one that cannot start lets the write
-    /// check alone decide for its holder.
-    pub fn sync<D: Datapath, C: Checks>(&mut self, agent: &mut Reconciler<D, C>) {
-        let wanted = agent.promotion_targets();
-        self.running.retain(|t, h| {
-            let keep = wanted.contains(t) && !h.is_finished();
-            if !keep {
-                h.abort();
-            }
-            keep
-        });
-        for t in wanted {
-            if self.running.contains_key(&t) {
-                continue;
-            }
-            match spawn(t.clone(), &self.tls, self.tx.clone()) {
-                Ok(h) => {
-                    self.running.insert(t, h);
-                }
-                Err(e) => {
-                    let why = format!("its REST API cannot be watched: {}", error_chain(&e));
-                    agent.on_promoted(&t.cluster, &t.holder, Some(&why), Instant::now());
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Promotions {
-    fn drop(&mut self) {
-        for h in self.running.values() {
-            h.abort();
-        }
-    }
+    super::stepdown::poll_patroni(target, tls, POLL, TIMEOUT, tx, |target, answer| {
+        let unreadable = match answer.map(|(s, b)| verdict(s, &b)) {
+            Ok(Verdict::Promoted) => None,
+            Ok(Verdict::Unreadable(why)) => Some(why),
+            Ok(Verdict::Promoting) | Err(_) => return None,
+        };
+        Some(Report {
+            target: target.clone(),
+            unreadable,
+        })
+    })
 }
 
 impl<D: Datapath, C: Checks> Reconciler<D, C> {
@@ -215,6 +152,10 @@ mod tests {
         );
         assert_eq!(
             verdict(200, br#"{"state": "running", "role": "master"}"#),
+            Verdict::Promoted
+        );
+        assert_eq!(
+            verdict(200, br#"{"state": "running", "role": "standby_leader"}"#),
             Verdict::Promoted
         );
         assert_eq!(

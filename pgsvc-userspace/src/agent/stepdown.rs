@@ -21,7 +21,7 @@ use tracing::debug;
 use super::{checks::Checks, fence::StepdownTarget, lifecycle::error_chain, reconcile::Reconciler};
 use crate::{
     datapath::Datapath,
-    health::{Prober, TlsSettings},
+    health::{CheckFailure, Prober, TlsSettings},
 };
 
 /// How often the holder's state is asked for.
@@ -63,57 +63,91 @@ pub fn spawn(
     tls: &TlsSettings,
     tx: mpsc::UnboundedSender<Stopping>,
 ) -> Result<JoinHandle<()>, crate::health::ProbeError> {
-    let prober = Prober::new(
-        target.addr,
-        target.port,
-        "/patroni",
-        target.tls.then_some(tls),
-        TIMEOUT,
-    )?;
-    Ok(tokio::spawn(async move {
-        let mut every = tokio::time::interval(POLL);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            let why = match prober.get().await {
-                Ok((status, body)) => verdict(status, &body),
-                Err(e) => Some(format!("its REST API does not answer ({e})")),
-            };
-            if let Some(why) = why {
-                let _ = tx.send(Stopping { target, why });
-                return;
-            }
+    poll_patroni(target, tls, POLL, TIMEOUT, tx, |target, answer| {
+        let why = match answer {
+            Ok((status, body)) => verdict(status, &body),
+            Err(e) => Some(format!("its REST API does not answer ({e})")),
+        };
+        if why.is_none() {
             debug!(
                 cluster = target.cluster,
                 leader = target.holder,
                 "still running"
             );
         }
+        why.map(|why| Stopping {
+            target: target.clone(),
+            why,
+        })
+    })
+}
+
+/// Asks `target`'s `GET /patroni` every `period` (each answer bounded by `timeout`) until `read`
+/// makes a report of an answer or a failure; sends it on `tx` and ends.
+///
+/// # Errors
+/// The prober cannot be built (an unreadable CA file).
+pub fn poll_patroni<R: Send + 'static>(
+    target: StepdownTarget,
+    tls: &TlsSettings,
+    period: Duration,
+    timeout: Duration,
+    tx: mpsc::UnboundedSender<R>,
+    read: impl Fn(&StepdownTarget, Result<(u16, Vec<u8>), CheckFailure>) -> Option<R>
+    + Send
+    + Sync
+    + 'static,
+) -> Result<JoinHandle<()>, crate::health::ProbeError> {
+    let prober = Prober::new(
+        target.addr,
+        target.port,
+        "/patroni",
+        target.tls.then_some(tls),
+        timeout,
+    )?;
+    Ok(tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Some(report) = read(&target, prober.get().await) {
+                let _ = tx.send(report);
+                return;
+            }
+        }
     }))
 }
 
-/// The step-down watches running, by the holder they watch.
-pub struct Watches {
+/// How a watch of one holder's REST API is started: reports go to the sender.
+pub type Spawn<R> = fn(
+    StepdownTarget,
+    &TlsSettings,
+    mpsc::UnboundedSender<R>,
+) -> Result<JoinHandle<()>, crate::health::ProbeError>;
+
+/// Watches of key holders' REST APIs (step-downs, promotions), by the holder they watch; each
+/// reports once on its channel.
+pub struct Watches<R> {
     tls: TlsSettings,
     running: HashMap<StepdownTarget, JoinHandle<()>>,
-    tx: mpsc::UnboundedSender<Stopping>,
+    tx: mpsc::UnboundedSender<R>,
+    spawn: Spawn<R>,
 }
 
-impl Watches {
-    /// Watches whose reports go to `tx`, reading TLS members with `tls`.
+impl<R> Watches<R> {
+    /// Watches started with `spawn`, whose reports go to `tx`, reading TLS members with `tls`.
     #[must_use]
-    pub fn new(tls: TlsSettings, tx: mpsc::UnboundedSender<Stopping>) -> Self {
+    pub fn new(tls: TlsSettings, tx: mpsc::UnboundedSender<R>, spawn: Spawn<R>) -> Self {
         Self {
             tls,
             running: HashMap::new(),
             tx,
+            spawn,
         }
     }
 
-    /// Runs exactly the watches the reconciler asks for; a watch that cannot start fences its
-    /// holder at once.
-    pub fn sync<D: Datapath, C: Checks>(&mut self, agent: &mut Reconciler<D, C>) {
-        let wanted = agent.stepdown_targets();
+    /// Runs exactly the watches of `wanted`; returns those that could not start, with why.
+    pub fn sync(&mut self, wanted: &[StepdownTarget]) -> Vec<(StepdownTarget, String)> {
         self.running.retain(|t, h| {
             let keep = wanted.contains(t) && !h.is_finished();
             if !keep {
@@ -121,28 +155,46 @@ impl Watches {
             }
             keep
         });
+        let mut failed = Vec::new();
         for t in wanted {
-            if self.running.contains_key(&t) {
+            if self.running.contains_key(t) {
                 continue;
             }
-            match spawn(t.clone(), &self.tls, self.tx.clone()) {
+            match (self.spawn)(t.clone(), &self.tls, self.tx.clone()) {
                 Ok(h) => {
-                    self.running.insert(t, h);
+                    self.running.insert(t.clone(), h);
                 }
-                Err(e) => {
-                    let why = format!("its REST API cannot be watched: {}", error_chain(&e));
-                    agent.on_stepdown_stopping(&t.cluster, &t.holder, &why, Instant::now());
-                }
+                Err(e) => failed.push((
+                    t.clone(),
+                    format!("its REST API cannot be watched: {}", error_chain(&e)),
+                )),
             }
         }
+        failed
     }
 }
 
-impl Drop for Watches {
+impl<R> Drop for Watches<R> {
     fn drop(&mut self) {
         for h in self.running.values() {
             h.abort();
         }
+    }
+}
+
+/// Runs the step-down and promotion watches the reconciler asks for; a step-down watch that cannot
+/// start fences its holder at once, a promotion watch that cannot start leaves the decision to the
+/// holder's check.
+pub fn sync_all<D: Datapath, C: Checks>(
+    agent: &mut Reconciler<D, C>,
+    stepdowns: &mut Watches<Stopping>,
+    promotions: &mut Watches<super::promotion::Report>,
+) {
+    for (t, why) in stepdowns.sync(&agent.stepdown_targets()) {
+        agent.on_stepdown_stopping(&t.cluster, &t.holder, &why, Instant::now());
+    }
+    for (t, why) in promotions.sync(&agent.promotion_targets()) {
+        agent.on_promoted(&t.cluster, &t.holder, Some(&why), Instant::now());
     }
 }
 

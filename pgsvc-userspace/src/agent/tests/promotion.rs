@@ -4,31 +4,36 @@
 use super::fence::*;
 use super::*;
 
-#[test]
-fn a_new_holder_is_kept_out_until_its_promotion_is_reported() {
+/// pg-test-1 the primary, the replicas failing /primary; promotions watched when `watch`.
+fn replicas_down(watch: bool) -> Harness {
     let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
     h.ready();
-    h.rec.set_watch_promotions(true);
+    h.rec.set_watch_promotions(watch);
     let t0 = h.t0;
-    set_all(
-        &mut h,
-        "pg-test-2",
-        &result(HealthState::Down, false, 5, t0),
-    );
-    set_all(
-        &mut h,
-        "pg-test-3",
-        &result(HealthState::Down, false, 5, t0),
-    );
+    for replica in ["pg-test-2", "pg-test-3"] {
+        set_all(&mut h, replica, &result(HealthState::Down, false, 5, t0));
+    }
     let t = h.at(0.5);
     h.rec.rebalance_all(t);
+    h
+}
+
+/// pg-test-2's latest /primary check passed (its 6th).
+fn passes(h: &mut Harness) {
+    let t0 = h.t0;
+    set_all(h, "pg-test-2", &result(HealthState::Down, true, 6, t0));
+}
+
+#[test]
+fn a_new_holder_is_kept_out_until_its_promotion_is_reported() {
+    let mut h = replicas_down(true);
     assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
     assert!(h.rec.promotion_targets().is_empty(), "nothing to wait for");
 
     // The key moves to pg-test-2; its /primary passes at once (Patroni answers 200 from the key
     // on), but its PostgreSQL is still in recovery: kept out, its role watched.
     leader(&mut h, Some("pg-test-2"), 1.0);
-    set_all(&mut h, "pg-test-2", &result(HealthState::Down, true, 6, t0));
+    passes(&mut h);
     let t = h.at(1.05);
     h.rec.on_fence_poll(t);
     assert!(
@@ -60,15 +65,7 @@ fn a_new_holder_is_kept_out_until_its_promotion_is_reported() {
 
 #[test]
 fn an_unreadable_promotion_leaves_the_decision_to_the_check() {
-    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
-    h.ready();
-    h.rec.set_watch_promotions(true);
-    let t0 = h.t0;
-    set_all(
-        &mut h,
-        "pg-test-2",
-        &result(HealthState::Down, false, 5, t0),
-    );
+    let mut h = replicas_down(true);
     leader(&mut h, Some("pg-test-2"), 1.0);
     let t = h.at(1.1);
     h.rec.on_promoted(
@@ -80,7 +77,7 @@ fn an_unreadable_promotion_leaves_the_decision_to_the_check() {
     assert!(h.rec.promotion_targets().is_empty());
     // No pass yet: still out.
     assert!(active(&h.last_write(PRIMARY)).is_empty());
-    set_all(&mut h, "pg-test-2", &result(HealthState::Down, true, 6, t0));
+    passes(&mut h);
     let t = h.at(1.2);
     h.rec.on_fence_poll(t);
     assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-2"]);
@@ -89,25 +86,16 @@ fn an_unreadable_promotion_leaves_the_decision_to_the_check() {
 #[test]
 fn a_holder_up_when_the_key_arrives_or_unwatched_is_not_held_back() {
     // Without the watch (tests, or an agent that cannot run it) the check alone decides.
-    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
-    h.ready();
-    let t0 = h.t0;
-    set_all(
-        &mut h,
-        "pg-test-2",
-        &result(HealthState::Down, false, 5, t0),
-    );
+    let mut h = replicas_down(false);
     leader(&mut h, Some("pg-test-2"), 1.0);
-    set_all(&mut h, "pg-test-2", &result(HealthState::Down, true, 6, t0));
+    passes(&mut h);
     let t = h.at(1.1);
     h.rec.on_fence_poll(t);
     assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-2"]);
     assert!(h.rec.promotion_targets().is_empty());
 
     // With the watch: the primary already UP when the key names it (agent start, a re-read).
-    let mut h = started(plan(&inventory(OPTS, "")), FakeDatapath::new());
-    h.ready();
-    h.rec.set_watch_promotions(true);
+    let mut h = replicas_down(true);
     leader(&mut h, Some("pg-test-1"), 1.0);
     assert_eq!(active(&h.last_write(PRIMARY)), ["pg-test-1"]);
     assert!(h.rec.promotion_targets().is_empty());
