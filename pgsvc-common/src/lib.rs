@@ -55,8 +55,9 @@ pub mod maps {
     pub const SOCK_FLOWS: &str = "SOCK_FLOWS";
     pub const SOCK_SCOPE: &str = "SOCK_SCOPE";
     pub const FLOWS_PENDING: &str = "FLOWS_PENDING";
+    pub const SNAT_CURSOR: &str = "SNAT_CURSOR";
     /// Every map the program declares (all pinned by name).
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         CONFIG,
         SERVICES,
         SVC_STATE,
@@ -77,6 +78,7 @@ pub mod maps {
         SOCK_FLOWS,
         SOCK_SCOPE,
         FLOWS_PENDING,
+        SNAT_CURSOR,
     ];
 }
 

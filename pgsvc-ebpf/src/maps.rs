@@ -72,9 +72,11 @@ pub const SNAT_CURSOR_SLOTS: u32 = 4096;
 /// SNAT allocation cursors (see snat.rs): per destination slot (a hash of the server's address and
 /// port), the offset into the port range after the last port given, plus one (0 = not started).
 /// An array read costs a few instructions where the reverse-table entry that held the cursor
-/// before cost a hash lookup per SYN. Not pinned: a new program starts new cursors, at random.
+/// before cost a hash lookup per SYN. Pinned like the flow tables it belongs with: an agent that
+/// adopts them (a restart, an upgrade) goes on after the last port given, not at a random port
+/// that a server may still hold in TIME_WAIT.
 #[map]
-pub static SNAT_CURSOR: Array<u32> = Array::with_max_entries(SNAT_CURSOR_SLOTS, 0);
+pub static SNAT_CURSOR: Array<u32> = Array::pinned(SNAT_CURSOR_SLOTS, 0);
 
 /// Per-CPU traffic counters per service.
 #[map]

@@ -1432,6 +1432,39 @@ fn ports_of_finished_connections_are_reused_after_half_a_second_of_quiet() {
 }
 
 #[test]
+fn snat_ports_after_an_adopting_restart_follow_the_last_one_given() {
+    let Some(mut r) = snat_rig("snat_cursor_adopted", 41000..=41999) else {
+        return;
+    };
+    let next_of = |p: u16| 41000 + (p - 41000 + 1) % 1000;
+    let first: Vec<u16> = (0..3).map(|i| r.open_and_close(44100 + i)).collect();
+    // The agent restarts (a crash, an upgrade) and a new program adopts the pinned maps. Its SNAT
+    // cursors must be the old ones: a new cursor starts at a random port, maybe one a server still
+    // holds in TIME_WAIT from a connection it closed first (see the test below).
+    let mut opts = LoadOptions::new(r._pins.path(), LB);
+    opts.snat_ports = 41000..=41999;
+    opts.fib_fallback = false;
+    opts.max_flows = 4096;
+    let mut dp = XdpDatapath::load(opts).expect("adopting load");
+    assert!(dp.adopted(), "the second load did not adopt the pins");
+    dp.set_static_next_hop(
+        B1,
+        NextHop {
+            ifindex: 0,
+            mac: BACKEND_MAC,
+            src_mac: LB_MAC,
+        },
+    );
+    r.dp = dp;
+    let next: Vec<u16> = (0..2).map(|i| r.open_and_close(44110 + i)).collect();
+    assert_eq!(
+        next,
+        vec![next_of(first[2]), next_of(next_of(first[2]))],
+        "after the restart, the ports after the last one given ({first:?}), not at random"
+    );
+}
+
+#[test]
 fn snat_ports_after_an_idle_server_follow_the_last_one_given_not_a_random_start() {
     use pgsvc::datapath::Timeouts;
     let Some(mut r) = snat_rig("snat_cursor_kept", 41000..=41999) else {
