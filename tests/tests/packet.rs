@@ -1271,12 +1271,10 @@ fn gc_corrects_session_counters_to_the_established_flows() {
 // SNAT port allocation (issue 9, item 5).
 
 /// One server behind the service, and a SNAT range of `ports`.
-fn snat_rig(test: &str, ports: std::ops::RangeInclusive<u16>) -> Option<Rig> {
-    if !require_root(test) {
-        return None;
-    }
-    let pins = PinDir::new("pkt");
-    let mut opts = LoadOptions::new(pins.path(), LB);
+/// The program loaded with `ports` for SNAT on the pins in `dir` (adopting what is there), with
+/// the backend's next hop set.
+fn snat_load(dir: &std::path::Path, ports: std::ops::RangeInclusive<u16>) -> XdpDatapath {
+    let mut opts = LoadOptions::new(dir, LB);
     opts.snat_ports = ports;
     opts.fib_fallback = false;
     opts.max_flows = 4096;
@@ -1289,6 +1287,15 @@ fn snat_rig(test: &str, ports: std::ops::RangeInclusive<u16>) -> Option<Rig> {
             src_mac: LB_MAC,
         },
     );
+    dp
+}
+
+fn snat_rig(test: &str, ports: std::ops::RangeInclusive<u16>) -> Option<Rig> {
+    if !require_root(test) {
+        return None;
+    }
+    let pins = PinDir::new("pkt");
+    let mut dp = snat_load(pins.path(), ports);
     let spec = ServiceSpec {
         addrs: vec![VIP],
         port: 5433,
@@ -1441,20 +1448,8 @@ fn snat_ports_after_an_adopting_restart_follow_the_last_one_given() {
     // The agent restarts (a crash, an upgrade) and a new program adopts the pinned maps. Its SNAT
     // cursors must be the old ones: a new cursor starts at a random port, maybe one a server still
     // holds in TIME_WAIT from a connection it closed first (see the test below).
-    let mut opts = LoadOptions::new(r._pins.path(), LB);
-    opts.snat_ports = 41000..=41999;
-    opts.fib_fallback = false;
-    opts.max_flows = 4096;
-    let mut dp = XdpDatapath::load(opts).expect("adopting load");
+    let dp = snat_load(r._pins.path(), 41000..=41999);
     assert!(dp.adopted(), "the second load did not adopt the pins");
-    dp.set_static_next_hop(
-        B1,
-        NextHop {
-            ifindex: 0,
-            mac: BACKEND_MAC,
-            src_mac: LB_MAC,
-        },
-    );
     r.dp = dp;
     let next: Vec<u16> = (0..2).map(|i| r.open_and_close(44110 + i)).collect();
     assert_eq!(
