@@ -107,19 +107,30 @@ fn e2e_leader_node_cut_off_etcd_writes_only_on_the_leader() {
         })
         .collect();
     let old = sb.leader().expect("leader");
-    // Every agent reads the key through TLS + RBAC before anything happens.
+    // Every agent reads the key through TLS + RBAC before anything happens. An agent is ready once
+    // its services are written; its watch's first view may land a moment later, so wait for it.
     for m in MEMBERS {
-        let (code, body) = sb.admin_get_at(m.addr, "/status").expect("status");
-        assert_eq!(code, 200);
-        let v: Value = serde_json::from_str(&body).expect("status JSON");
-        let d = &v["dcs"][0];
-        assert!(
+        let follows = |d: &Value| {
             d["fencing"] == true
                 && d["leader"] == old.name
                 && d["endpoint"]
                     .as_str()
-                    .is_some_and(|e| e.starts_with("https://")),
-            "pgsvc on {} does not follow the key over https: {d}\n{}",
+                    .is_some_and(|e| e.starts_with("https://"))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let d = loop {
+            let (code, body) = sb.admin_get_at(m.addr, "/status").expect("status");
+            assert_eq!(code, 200);
+            let v: Value = serde_json::from_str(&body).expect("status JSON");
+            let d = v["dcs"][0].clone();
+            if follows(&d) || std::time::Instant::now() >= deadline {
+                break d;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            follows(&d),
+            "pgsvc on {} does not follow the key over https within 10 s: {d}\n{}",
             m.name,
             logs(&agents)
         );
